@@ -1,0 +1,1 @@
+//! Peregrine: a detection host for Kubernetes audit logs.
