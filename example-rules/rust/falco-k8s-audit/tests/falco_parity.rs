@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Matching, cases, corpus_dir, load, run_case};
+use common::{Matching, cases, corpus_dir, load, read_trace, run_case};
 use peregrine_sdk::testing::read_events;
 use serde_json::json;
 
@@ -23,7 +23,7 @@ fn falco_regression_suite_passes() {
     let mut ran = 0;
     for case in &cases {
         let text = trace_text(&case.trace_file);
-        let events = match read_events(&text) {
+        let events = match read_trace(&text) {
             Ok(events) => events,
             Err(e) => {
                 // Only the FAL-01-003 payload is not an audit event; the host
@@ -45,8 +45,12 @@ fn falco_regression_suite_passes() {
 fn fal_01_003_is_not_an_audit_event() {
     let text = trace_text("fal_01_003.json");
     assert_eq!(text.trim(), r#"{"kind": 0}"#);
-    let err = read_events(&text).expect_err("`{\"kind\": 0}` must not parse as an audit event");
-    assert!(err.contains("auditID"), "unexpected parse error: {err}");
+    for err in [
+        read_events(&text).expect_err("`{\"kind\": 0}` must not parse as an audit event"),
+        read_trace(&text).expect_err("`{\"kind\": 0}` must not parse as an audit event"),
+    ] {
+        assert!(err.contains("auditID"), "unexpected parse error: {err}");
+    }
 }
 
 /// `file -> (first, all)` from the corpus README table, as rule -> count.
@@ -84,7 +88,7 @@ fn default_ruleset_matches_the_corpus_table_first_and_all() {
     let pack = load(common::PACK_MODULE, &json!({})).unwrap();
     let mut failures = Vec::new();
     for (file, (want_first, want_all)) in &table {
-        let events = read_events(&trace_text(file)).unwrap_or_default();
+        let events = read_trace(&trace_text(file)).unwrap_or_default();
         let first = pack.counts(&events, Matching::First);
         let all = pack.counts(&events, Matching::All);
         if &first != want_first {
@@ -101,7 +105,7 @@ fn default_ruleset_matches_the_corpus_table_first_and_all() {
 fn outputs_match_falcos_format() {
     let pack = load(common::PACK_MODULE, &json!({})).unwrap();
     let one = |file: &str| {
-        let events = read_events(&trace_text(file)).unwrap();
+        let events = read_trace(&trace_text(file)).unwrap();
         pack.alerts(&events[0], Matching::First).remove(0).output
     };
     assert_eq!(

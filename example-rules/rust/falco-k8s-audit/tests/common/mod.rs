@@ -46,6 +46,24 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
+/// Decodes a trace file: one event per JSON document (one document, or one
+/// per line). Each event is decoded straight from its text, as the host's
+/// ingest does, so `requestObject` keeps its key order; the SDK's
+/// `testing::read_events` goes through `serde_json::Value` for a
+/// single-document file, which sorts the keys and would change outputs such
+/// as `ka.req.binding.subjects`.
+pub fn read_trace(text: &str) -> Result<Vec<AuditEvent>, String> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<AuditEvent>()
+        .map(|r| r.map_err(|e| e.to_string()))
+        .collect()
+}
+
+pub fn read_trace_file(path: &Path) -> Vec<AuditEvent> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    read_trace(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Case {
     pub case: String,
