@@ -363,9 +363,9 @@ fn string_array(v: &Value, path: &str) -> Result<Vec<String>, String> {
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            item.as_str().map(str::to_string).ok_or_else(|| {
-                format!("`{path}[{i}]` must be a string, got {}", type_name(item))
-            })
+            item.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("`{path}[{i}]` must be a string, got {}", type_name(item)))
         })
         .collect()
 }
@@ -375,7 +375,10 @@ fn rule_index(id: &str, path: &str) -> Result<usize, String> {
         return Ok(i);
     }
     if let Some(r) = RULES.iter().find(|r| r.name == id) {
-        return Err(format!("`{path}`: `{id}` is a rule name; use its id `{}`", r.id));
+        return Err(format!(
+            "`{path}`: `{id}` is a rule name; use its id `{}`",
+            r.id
+        ));
     }
     Err(format!(
         "`{path}`: unknown rule id `{id}` (the ids are listed in docs/falco-rules.md)"
@@ -404,9 +407,9 @@ impl Config {
         }
         let value: Value = serde_json::from_str(trimmed)
             .map_err(|e| format!("configuration is not valid JSON: {e}"))?;
-        let obj = value.as_object().ok_or_else(|| {
-            format!("configuration must be an object, got {}", type_name(&value))
-        })?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| format!("configuration must be an object, got {}", type_name(&value)))?;
         Config::from_object(obj)
     }
 
@@ -436,7 +439,10 @@ impl Config {
         }
         if let Some(v) = obj.get("activity_rules") {
             config.activity_rules = v.as_bool().ok_or_else(|| {
-                format!("`activity_rules` must be true or false, got {}", type_name(v))
+                format!(
+                    "`activity_rules` must be true or false, got {}",
+                    type_name(v)
+                )
             })?;
         }
         if let Some(v) = obj.get("enable") {
@@ -453,10 +459,15 @@ impl Config {
         }
         if let Some(v) = obj.get("exceptions") {
             let items = v.as_array().ok_or_else(|| {
-                format!("`exceptions` must be an array of tables, got {}", type_name(v))
+                format!(
+                    "`exceptions` must be an array of tables, got {}",
+                    type_name(v)
+                )
             })?;
             for (i, item) in items.iter().enumerate() {
-                config.exceptions.push(parse_exception(item, &format!("exceptions[{i}]"))?);
+                config
+                    .exceptions
+                    .push(parse_exception(item, &format!("exceptions[{i}]"))?);
             }
         }
         Ok(config)
@@ -494,7 +505,9 @@ impl Config {
                     "`{path}`: `replace` sets the whole list and cannot be combined with `append` or `remove`"
                 ));
             }
-            *list = string_array(v, &format!("{path}.replace"))?.into_iter().collect();
+            *list = string_array(v, &format!("{path}.replace"))?
+                .into_iter()
+                .collect();
         }
         if let Some(v) = ops.get("remove") {
             for item in string_array(v, &format!("{path}.remove"))? {
@@ -609,20 +622,53 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         assert!(err(r#"{"list": {}}"#).contains("unknown key `list`"));
-        assert!(err(r#"{"lists": {"allowed_namespace": {"append": []}}}"#).contains("unknown list `lists.allowed_namespace`"));
-        assert!(err(r#"{"lists": {"allowed_namespaces": ["x"]}}"#).contains("`lists.allowed_namespaces` must be a table"));
-        assert!(err(r#"{"lists": {"allowed_namespaces": {"add": ["x"]}}}"#).contains("`lists.allowed_namespaces.add`"));
-        assert!(err(r#"{"lists": {"allowed_namespaces": {"append": ["x", 3]}}}"#).contains("`lists.allowed_namespaces.append[1]` must be a string"));
-        assert!(err(r#"{"lists": {"allowed_namespaces": {"replace": [], "append": ["x"]}}}"#).contains("cannot be combined"));
-        assert!(err(r#"{"lists": {"k8s_audit_stages": {"replace": []}}}"#).contains("k8s_audit_stages"));
-        assert!(err(r#"{"activity_rules": "no"}"#).contains("`activity_rules` must be true or false"));
+        assert!(
+            err(r#"{"lists": {"allowed_namespace": {"append": []}}}"#)
+                .contains("unknown list `lists.allowed_namespace`")
+        );
+        assert!(
+            err(r#"{"lists": {"allowed_namespaces": ["x"]}}"#)
+                .contains("`lists.allowed_namespaces` must be a table")
+        );
+        assert!(
+            err(r#"{"lists": {"allowed_namespaces": {"add": ["x"]}}}"#)
+                .contains("`lists.allowed_namespaces.add`")
+        );
+        assert!(
+            err(r#"{"lists": {"allowed_namespaces": {"append": ["x", 3]}}}"#)
+                .contains("`lists.allowed_namespaces.append[1]` must be a string")
+        );
+        assert!(
+            err(r#"{"lists": {"allowed_namespaces": {"replace": [], "append": ["x"]}}}"#)
+                .contains("cannot be combined")
+        );
+        assert!(
+            err(r#"{"lists": {"k8s_audit_stages": {"replace": []}}}"#).contains("k8s_audit_stages")
+        );
+        assert!(
+            err(r#"{"activity_rules": "no"}"#).contains("`activity_rules` must be true or false")
+        );
         assert!(err(r#"{"enable": ["nope"]}"#).contains("unknown rule id `nope`"));
-        assert!(err(r#"{"enable": ["Create Disallowed Pod"]}"#).contains("use its id `create-disallowed-pod`"));
-        assert!(err(r#"{"enable": ["port-forward"], "disable": ["port-forward"]}"#).contains("both"));
+        assert!(
+            err(r#"{"enable": ["Create Disallowed Pod"]}"#)
+                .contains("use its id `create-disallowed-pod`")
+        );
+        assert!(
+            err(r#"{"enable": ["port-forward"], "disable": ["port-forward"]}"#).contains("both")
+        );
         assert!(err(r#"{"exceptions": [{"rule": "port-forward"}]}"#).contains("no criteria"));
-        assert!(err(r#"{"exceptions": [{"rule": "port-forward", "user": ["a"]}]}"#).contains("`exceptions[0].user`"));
-        assert!(err(r#"{"exceptions": [{"users": ["a"]}]}"#).contains("`exceptions[0].rule` is required"));
-        assert!(err(r#"{"exceptions": [{"rule": "port-forward", "users": []}]}"#).contains("`exceptions[0].users` is empty"));
+        assert!(
+            err(r#"{"exceptions": [{"rule": "port-forward", "user": ["a"]}]}"#)
+                .contains("`exceptions[0].user`")
+        );
+        assert!(
+            err(r#"{"exceptions": [{"users": ["a"]}]}"#)
+                .contains("`exceptions[0].rule` is required")
+        );
+        assert!(
+            err(r#"{"exceptions": [{"rule": "port-forward", "users": []}]}"#)
+                .contains("`exceptions[0].users` is empty")
+        );
         assert!(err("[1]").contains("must be an object"));
         assert!(err("{").contains("not valid JSON"));
     }

@@ -64,7 +64,11 @@ fn values_recursive<'j>(root: &'j Json, keys: &[&str]) -> Option<Vec<Option<&'j 
 
 /// `arrayAsStringsSkipNil`.
 fn strings_skip_missing(values: Vec<Option<&Json>>) -> Vec<String> {
-    values.into_iter().flatten().map(Json::to_field_string).collect()
+    values
+        .into_iter()
+        .flatten()
+        .map(Json::to_field_string)
+        .collect()
 }
 
 /// `strings.Split(strings.Split(image, ":")[0], "@")[0]`: everything before
@@ -141,13 +145,25 @@ impl<'a> Ctx<'a> {
 
     pub fn request(&self) -> Option<&Json> {
         self.request
-            .get_or_init(|| self.event.raw().request_object.as_deref().and_then(Json::parse))
+            .get_or_init(|| {
+                self.event
+                    .raw()
+                    .request_object
+                    .as_deref()
+                    .and_then(Json::parse)
+            })
             .as_ref()
     }
 
     pub fn response(&self) -> Option<&Json> {
         self.response
-            .get_or_init(|| self.event.raw().response_object.as_deref().and_then(Json::parse))
+            .get_or_init(|| {
+                self.event
+                    .raw()
+                    .response_object
+                    .as_deref()
+                    .and_then(Json::parse)
+            })
             .as_ref()
     }
 
@@ -257,8 +273,12 @@ impl<'a> Ctx<'a> {
     pub fn image_repositories(&self) -> Option<&[String]> {
         self.repositories
             .get_or_init(|| {
-                self.images()
-                    .map(|images| images.iter().map(|i| falco_image_repository(i).to_string()).collect())
+                self.images().map(|images| {
+                    images
+                        .iter()
+                        .map(|i| falco_image_repository(i).to_string())
+                        .collect()
+                })
             })
             .as_deref()
     }
@@ -343,7 +363,11 @@ impl<'a> Ctx<'a> {
     pub fn jevt_value(&self, pointer: &str) -> Option<String> {
         let rest = pointer.strip_prefix('/')?;
         let (head, tail) = rest.split_once('/').map_or((rest, ""), |(h, t)| (h, t));
-        let tail = if tail.is_empty() { String::new() } else { format!("/{tail}") };
+        let tail = if tail.is_empty() {
+            String::new()
+        } else {
+            format!("/{tail}")
+        };
         let root = match head {
             "requestObject" => self.request()?,
             "responseObject" => self.response()?,
@@ -367,7 +391,10 @@ impl<'a> Ctx<'a> {
             let mut e = vec![("username".to_string(), s(&u.username))];
             opt(&mut e, "uid", u.uid.as_ref());
             if !u.groups.is_empty() {
-                e.push(("groups".into(), Json::Arr(u.groups.iter().map(|g| s(g)).collect())));
+                e.push((
+                    "groups".into(),
+                    Json::Arr(u.groups.iter().map(|g| s(g)).collect()),
+                ));
             }
             if !u.extra.is_empty() {
                 let extra = u
@@ -391,7 +418,10 @@ impl<'a> Ctx<'a> {
         if let Some(imp) = &raw.impersonated_user {
             e.push(("impersonatedUser".into(), user(imp)));
         }
-        e.push(("sourceIPs".into(), Json::Arr(raw.source_ips.iter().map(|ip| s(ip)).collect())));
+        e.push((
+            "sourceIPs".into(),
+            Json::Arr(raw.source_ips.iter().map(|ip| s(ip)).collect()),
+        ));
         opt(&mut e, "userAgent", raw.user_agent.as_ref());
         if let Some(o) = &raw.object_ref {
             let mut r = Vec::new();
@@ -421,10 +451,18 @@ impl<'a> Ctx<'a> {
         if let Some(resp) = self.response() {
             e.push(("responseObject".into(), resp.clone()));
         }
-        opt(&mut e, "requestReceivedTimestamp", raw.request_received_timestamp.as_ref());
+        opt(
+            &mut e,
+            "requestReceivedTimestamp",
+            raw.request_received_timestamp.as_ref(),
+        );
         opt(&mut e, "stageTimestamp", raw.stage_timestamp.as_ref());
         if !raw.annotations.is_empty() {
-            let ann = raw.annotations.iter().map(|(k, v)| (k.clone(), s(v))).collect();
+            let ann = raw
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), s(v)))
+                .collect();
             e.push(("annotations".into(), Json::Obj(ann)));
         }
         Json::Obj(e).to_compact()
@@ -435,10 +473,16 @@ impl<'a> Ctx<'a> {
         let s = |v: Option<&str>| v.map(|v| FieldValue::Str(v.to_string()));
         let owned = |v: Option<String>| v.map(FieldValue::Str);
         let list = |v: Option<Vec<String>>| v.map(FieldValue::List);
-        if let Some(arg) = name.strip_prefix("ka.uri.param[").and_then(|r| r.strip_suffix(']')) {
+        if let Some(arg) = name
+            .strip_prefix("ka.uri.param[")
+            .and_then(|r| r.strip_suffix(']'))
+        {
             return owned(self.uri_param(arg));
         }
-        if let Some(ptr) = name.strip_prefix("jevt.value[").and_then(|r| r.strip_suffix(']')) {
+        if let Some(ptr) = name
+            .strip_prefix("jevt.value[")
+            .and_then(|r| r.strip_suffix(']'))
+        {
             return owned(self.jevt_value(ptr));
         }
         match name {
@@ -456,7 +500,9 @@ impl<'a> Ctx<'a> {
             "ka.auth.reason" => s(self.auth_reason()),
             "ka.resp.name" => owned(self.resp_name()),
             "ka.req.pod.containers.image" => list(self.images().map(<[String]>::to_vec)),
-            "ka.req.pod.containers.image.repository" => list(self.image_repositories().map(<[String]>::to_vec)),
+            "ka.req.pod.containers.image.repository" => {
+                list(self.image_repositories().map(<[String]>::to_vec))
+            }
             "ka.req.service.ports" => list(self.service_ports()),
             "ka.req.configmap.obj" => owned(self.configmap_obj()),
             "ka.req.binding.subjects" => list(self.binding_subjects()),
@@ -510,10 +556,19 @@ mod tests {
     fn image_repository_is_falcos_naive_split() {
         assert_eq!(falco_image_repository("nginx"), "nginx");
         assert_eq!(falco_image_repository("nginx:1.25"), "nginx");
-        assert_eq!(falco_image_repository("docker.io/library/nginx@sha256:0a1b"), "docker.io/library/nginx");
-        assert_eq!(falco_image_repository("quay.io/calico/node:v3.26.1@sha256:0a1b"), "quay.io/calico/node");
+        assert_eq!(
+            falco_image_repository("docker.io/library/nginx@sha256:0a1b"),
+            "docker.io/library/nginx"
+        );
+        assert_eq!(
+            falco_image_repository("quay.io/calico/node:v3.26.1@sha256:0a1b"),
+            "quay.io/calico/node"
+        );
         // Falco cuts at the registry port; kept on purpose, see the doc comment.
-        assert_eq!(falco_image_repository("registry.local:5000/team/app:v1"), "registry.local");
+        assert_eq!(
+            falco_image_repository("registry.local:5000/team/app:v1"),
+            "registry.local"
+        );
     }
 
     #[test]
@@ -522,7 +577,10 @@ mod tests {
         assert_eq!(query_param(uri, "command").as_deref(), Some("sh"));
         assert_eq!(query_param(uri, "container").as_deref(), Some("c"));
         assert_eq!(query_param(uri, "tty"), None);
-        assert_eq!(query_param("/x?command=echo+a%2Fb", "command").as_deref(), Some("echo a/b"));
+        assert_eq!(
+            query_param("/x?command=echo+a%2Fb", "command").as_deref(),
+            Some("echo a/b")
+        );
         assert_eq!(query_param("/x?command=%zz", "command"), None);
         assert_eq!(query_param("/x?a=1;b=2&command=ls", "command"), None);
         assert_eq!(query_param("/x", "command"), None);
@@ -531,7 +589,8 @@ mod tests {
     #[test]
     fn recursive_walk_marks_elements_without_the_path() {
         let v = Json::parse(r#"{"spec":{"containers":[{"securityContext":{"privileged":true}},{"name":"b"},{"securityContext":{}}]}}"#).unwrap();
-        let values = values_recursive(&v, &["spec", "containers", "securityContext", "privileged"]).unwrap();
+        let values =
+            values_recursive(&v, &["spec", "containers", "securityContext", "privileged"]).unwrap();
         assert_eq!(values.len(), 3);
         assert_eq!(strings_skip_missing(values), ["true"]);
         assert!(values_recursive(&v, &["spec", "volumes", "hostPath", "path"]).is_none());

@@ -109,7 +109,10 @@ impl Json {
                 Json::Obj(entries) => entries.iter().find(|(k, _)| *k == token).map(|(_, v)| v),
                 Json::Arr(items) => {
                     // RFC 6901 forbids leading zeros and signs in indices.
-                    if token.is_empty() || (token.len() > 1 && token.starts_with('0')) || !token.bytes().all(|b| b.is_ascii_digit()) {
+                    if token.is_empty()
+                        || (token.len() > 1 && token.starts_with('0'))
+                        || !token.bytes().all(|b| b.is_ascii_digit())
+                    {
                         return None;
                     }
                     token.parse::<usize>().ok().and_then(|i| items.get(i))
@@ -211,8 +214,12 @@ mod tests {
 
     #[test]
     fn keeps_key_order_and_number_text() {
-        let v = Json::parse(r#"{ "b": 1, "a": [true, null, 80], "c": {"z": "x", "y": 1.5} }"#).unwrap();
-        assert_eq!(v.to_compact(), r#"{"b":1,"a":[true,null,80],"c":{"z":"x","y":1.5}}"#);
+        let v =
+            Json::parse(r#"{ "b": 1, "a": [true, null, 80], "c": {"z": "x", "y": 1.5} }"#).unwrap();
+        assert_eq!(
+            v.to_compact(),
+            r#"{"b":1,"a":[true,null,80],"c":{"z":"x","y":1.5}}"#
+        );
     }
 
     #[test]
@@ -224,10 +231,19 @@ mod tests {
 
     #[test]
     fn pointer_follows_rfc6901() {
-        let v = Json::parse(r#"{"annotations":{"authorization.k8s.io/decision":"allow","a~b":1},"l":[10,20]}"#).unwrap();
-        assert_eq!(v.pointer("/annotations/authorization.k8s.io~1decision"), Some(&Json::Str("allow".into())));
+        let v = Json::parse(
+            r#"{"annotations":{"authorization.k8s.io/decision":"allow","a~b":1},"l":[10,20]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            v.pointer("/annotations/authorization.k8s.io~1decision"),
+            Some(&Json::Str("allow".into()))
+        );
         assert_eq!(v.pointer("/annotations/a~0b"), Some(&Json::Num("1".into())));
-        assert_eq!(v.pointer("/annotations/authorization.k8s.io/decision"), None);
+        assert_eq!(
+            v.pointer("/annotations/authorization.k8s.io/decision"),
+            None
+        );
         assert_eq!(v.pointer("/l/1"), Some(&Json::Num("20".into())));
         assert_eq!(v.pointer("/l/01"), None);
         assert_eq!(v.pointer(""), Some(&v));

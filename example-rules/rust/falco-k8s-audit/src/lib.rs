@@ -55,11 +55,15 @@ impl FalcoK8sAudit {
     fn excepted(&self, index: usize, x: &Ctx) -> bool {
         self.config.exceptions.iter().any(|e| {
             e.rules.as_ref().is_none_or(|r| r.contains(&index))
-                && e.users.as_ref().is_none_or(|s| x.user_name().is_some_and(|u| s.contains(u)))
+                && e.users
+                    .as_ref()
+                    .is_none_or(|s| x.user_name().is_some_and(|u| s.contains(u)))
                 && e.namespaces
                     .as_ref()
                     .is_none_or(|s| x.namespace().is_some_and(|n| s.contains(n)))
-                && e.names.as_ref().is_none_or(|s| x.name().is_some_and(|n| s.contains(n)))
+                && e.names
+                    .as_ref()
+                    .is_none_or(|s| x.name().is_some_and(|n| s.contains(n)))
                 && e.images.as_ref().is_none_or(|s| {
                     x.images().is_some_and(|images| {
                         images.iter().all(|i| s.contains(falco_image_repository(i)))
@@ -72,7 +76,12 @@ impl FalcoK8sAudit {
 impl RuleModule for FalcoK8sAudit {
     fn metadata(&self) -> ModuleInfo {
         let stages: Vec<String> = {
-            let mut s: Vec<String> = self.config.list(ListId::K8sAuditStages).iter().cloned().collect();
+            let mut s: Vec<String> = self
+                .config
+                .list(ListId::K8sAuditStages)
+                .iter()
+                .cloned()
+                .collect();
             s.sort();
             s
         };
@@ -92,7 +101,10 @@ impl RuleModule for FalcoK8sAudit {
             };
             module = module.rule(r);
         }
-        module.needs_request_object().needs_response_object().build()
+        module
+            .needs_request_object()
+            .needs_response_object()
+            .build()
     }
 
     fn configure(&mut self, config: &str) -> Result<(), String> {
@@ -104,7 +116,10 @@ impl RuleModule for FalcoK8sAudit {
         let x = Ctx::new(event);
         let mut alerts = Vec::new();
         for (index, def) in RULES.iter().enumerate() {
-            if !self.enabled[index] || !(def.condition)(&self.config, &x) || self.excepted(index, &x) {
+            if !self.enabled[index]
+                || !(def.condition)(&self.config, &x)
+                || self.excepted(index, &x)
+            {
                 continue;
             }
             let (output, fields) = fields::render_output(def.output, &x);

@@ -33,7 +33,9 @@ pub enum DefaultState {
     On,
     /// Off unless listed in `enable`; `macro` is the Falco macro that keeps
     /// it off in Falco's file.
-    Off { falco_macro: &'static str },
+    Off {
+        falco_macro: &'static str,
+    },
 }
 
 pub type Condition = fn(&Config, &Ctx) -> bool;
@@ -194,7 +196,9 @@ pub const RULES: &[RuleDef] = &[
         output: "Pod started with container not in allowed list (user=%ka.user.name pod=%ka.resp.name ns=%ka.target.namespace images=%ka.req.pod.containers.image)",
         verbs: CREATE,
         resources: &["pods"],
-        default: DefaultState::Off { falco_macro: "allowed_k8s_containers" },
+        default: DefaultState::Off {
+            falco_macro: "allowed_k8s_containers",
+        },
         condition: |c, x| pod_create(c, x) && !images_in(c, x, ListId::AllowedK8sContainerImages),
         ..BASE
     },
@@ -221,7 +225,10 @@ pub const RULES: &[RuleDef] = &[
         resources: &["pods"],
         condition: |c, x| {
             pod_create(c, x)
-                && intersects_set(x.volume_host_paths().as_deref(), c.list(ListId::SensitiveVolMountPaths))
+                && intersects_set(
+                    x.volume_host_paths().as_deref(),
+                    c.list(ListId::SensitiveVolMountPaths),
+                )
                 && !images_in(c, x, ListId::SensitiveMountImages)
         },
         ..BASE
@@ -234,7 +241,9 @@ pub const RULES: &[RuleDef] = &[
         verbs: CREATE,
         resources: &["pods"],
         condition: |c, x| {
-            pod_create(c, x) && is_true(x.host_network()) && !images_in(c, x, ListId::HostnetworkImages)
+            pod_create(c, x)
+                && is_true(x.host_network())
+                && !images_in(c, x, ListId::HostnetworkImages)
         },
         ..BASE
     },
@@ -245,7 +254,9 @@ pub const RULES: &[RuleDef] = &[
         output: "Pod started using host pid namespace (user=%ka.user.name pod=%ka.resp.name resource=%ka.target.resource ns=%ka.target.namespace images=%ka.req.pod.containers.image)",
         verbs: CREATE,
         resources: &["pods"],
-        condition: |c, x| pod_create(c, x) && is_true(x.host_pid()) && !images_in(c, x, ListId::HostpidImages),
+        condition: |c, x| {
+            pod_create(c, x) && is_true(x.host_pid()) && !images_in(c, x, ListId::HostpidImages)
+        },
         ..BASE
     },
     RuleDef {
@@ -255,7 +266,9 @@ pub const RULES: &[RuleDef] = &[
         output: "Pod started using host ipc namespace (user=%ka.user.name pod=%ka.resp.name resource=%ka.target.resource ns=%ka.target.namespace images=%ka.req.pod.containers.image)",
         verbs: CREATE,
         resources: &["pods"],
-        condition: |c, x| pod_create(c, x) && is_true(x.host_ipc()) && !images_in(c, x, ListId::HostipcImages),
+        condition: |c, x| {
+            pod_create(c, x) && is_true(x.host_ipc()) && !images_in(c, x, ListId::HostipcImages)
+        },
         ..BASE
     },
     RuleDef {
@@ -387,7 +400,10 @@ pub const RULES: &[RuleDef] = &[
                 ],
             ) || all_in(
                 repos,
-                &[c.list(ListId::AllowedKubeNamespaceImageList), c.list(ListId::K8sImageList)],
+                &[
+                    c.list(ListId::AllowedKubeNamespaceImageList),
+                    c.list(ListId::K8sImageList),
+                ],
             );
             pod_create(c, x) && kube_namespace(x) && !allowed
         },
@@ -423,7 +439,10 @@ pub const RULES: &[RuleDef] = &[
                 && role_or_clusterrole(x)
                 && verb(x, MODIFY_OR_DELETE)
                 && x.name().is_some_and(|n| n.starts_with("system:"))
-                && !matches!(x.name(), Some("system:coredns" | "system:managed-certificate-controller"))
+                && !matches!(
+                    x.name(),
+                    Some("system:coredns" | "system:managed-certificate-controller")
+                )
         },
         ..BASE
     },
@@ -718,7 +737,9 @@ pub const RULES: &[RuleDef] = &[
         output: "K8s Secret Get Unsuccessfully Tried (user=%ka.user.name secret=%ka.target.name ns=%ka.target.namespace resource=%ka.target.resource resp=%ka.response.code decision=%ka.auth.decision reason=%ka.auth.reason)",
         verbs: GET,
         resources: &["secrets"],
-        condition: |c, x| kevt(c, x) && resource(x, "secrets") && verb(x, GET) && !response_successful(x),
+        condition: |c, x| {
+            kevt(c, x) && resource(x, "secrets") && verb(x, GET) && !response_successful(x)
+        },
         priority: Priority::Warning,
         ..ACTIVITY
     },
@@ -728,7 +749,9 @@ pub const RULES: &[RuleDef] = &[
         desc: "Match all K8s Audit Events",
         priority: Priority::Debug,
         output: "K8s Audit Event received (user=%ka.user.name verb=%ka.verb uri=%ka.uri obj=%jevt.obj)",
-        default: DefaultState::Off { falco_macro: "consider_all_events" },
+        default: DefaultState::Off {
+            falco_macro: "consider_all_events",
+        },
         condition: kevt,
         ..BASE
     },
@@ -737,9 +760,13 @@ pub const RULES: &[RuleDef] = &[
         name: "Full K8s Administrative Access",
         desc: "Detect any k8s operation by a user name that may be an administrator with full access.",
         output: "K8s Operation performed by full admin user (user=%ka.user.name target=%ka.target.name/%ka.target.resource verb=%ka.verb uri=%ka.uri resp=%ka.response.code)",
-        default: DefaultState::Off { falco_macro: "allowed_full_admin_users" },
+        default: DefaultState::Off {
+            falco_macro: "allowed_full_admin_users",
+        },
         condition: |c, x| {
-            kevt(c, x) && non_system_user(x) && is_in(x.user_name(), c.list(ListId::FullAdminK8sUsers))
+            kevt(c, x)
+                && non_system_user(x)
+                && is_in(x.user_name(), c.list(ListId::FullAdminK8sUsers))
         },
         ..BASE
     },
@@ -765,7 +792,9 @@ pub const RULES: &[RuleDef] = &[
         output: "Node not in allowed list successfully joined the cluster (user=%ka.user.name node=%ka.target.name resource=%ka.target.resource)",
         verbs: CREATE,
         resources: &["nodes"],
-        default: DefaultState::Off { falco_macro: "allow_all_k8s_nodes" },
+        default: DefaultState::Off {
+            falco_macro: "allow_all_k8s_nodes",
+        },
         condition: |c, x| node_join(c, x) && response_successful(x),
         ..BASE
     },
@@ -776,7 +805,9 @@ pub const RULES: &[RuleDef] = &[
         output: "Node not in allowed list tried unsuccessfully to join the cluster  (user=%ka.user.name node=%ka.target.name reason=%ka.response.reason resource=%ka.target.resource)",
         verbs: CREATE,
         resources: &["nodes"],
-        default: DefaultState::Off { falco_macro: "allow_all_k8s_nodes" },
+        default: DefaultState::Off {
+            falco_macro: "allow_all_k8s_nodes",
+        },
         condition: |c, x| node_join(c, x) && !response_successful(x),
         ..BASE
     },

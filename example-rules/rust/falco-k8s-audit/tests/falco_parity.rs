@@ -18,7 +18,11 @@ fn trace_text(name: &str) -> String {
 #[test]
 fn falco_regression_suite_passes() {
     let cases = cases(&corpus_dir().join("falco-expectations.json"));
-    assert_eq!(cases.len(), 66, "falco-expectations.json should hold Falco's 66 cases");
+    assert_eq!(
+        cases.len(),
+        66,
+        "falco-expectations.json should hold Falco's 66 cases"
+    );
     let mut failures = Vec::new();
     let mut ran = 0;
     for case in &cases {
@@ -29,7 +33,10 @@ fn falco_regression_suite_passes() {
                 // Only the FAL-01-003 payload is not an audit event; the host
                 // rejects it at ingest, so nothing reaches the rules.
                 if case.trace_file != "fal_01_003.json" {
-                    failures.push(format!("{}: {} does not parse: {e}", case.case, case.trace_file));
+                    failures.push(format!(
+                        "{}: {} does not parse: {e}",
+                        case.case, case.trace_file
+                    ));
                 }
                 Vec::new()
             }
@@ -38,7 +45,12 @@ fn falco_regression_suite_passes() {
         ran += 1;
     }
     assert_eq!(ran, 66);
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -53,17 +65,25 @@ fn fal_01_003_is_not_an_audit_event() {
     }
 }
 
+type Counts = BTreeMap<String, usize>;
+
 /// `file -> (first, all)` from the corpus README table, as rule -> count.
-fn readme_table() -> BTreeMap<String, (BTreeMap<String, usize>, BTreeMap<String, usize>)> {
-    fn parse_counts(cell: &str) -> BTreeMap<String, usize> {
+fn readme_table() -> BTreeMap<String, (Counts, Counts)> {
+    fn parse_counts(cell: &str) -> Counts {
         let cell = cell.trim();
         if cell == "none" {
             return BTreeMap::new();
         }
         cell.split("; ")
             .map(|item| {
-                let (rule, n) = item.rsplit_once(" x").unwrap_or_else(|| panic!("bad table cell item `{item}`"));
-                (rule.to_string(), n.parse().unwrap_or_else(|_| panic!("bad count in `{item}`")))
+                let (rule, n) = item
+                    .rsplit_once(" x")
+                    .unwrap_or_else(|| panic!("bad table cell item `{item}`"));
+                (
+                    rule.to_string(),
+                    n.parse()
+                        .unwrap_or_else(|_| panic!("bad count in `{item}`")),
+                )
             })
             .collect()
     }
@@ -84,7 +104,11 @@ fn readme_table() -> BTreeMap<String, (BTreeMap<String, usize>, BTreeMap<String,
 #[test]
 fn default_ruleset_matches_the_corpus_table_first_and_all() {
     let table = readme_table();
-    assert_eq!(table.len(), 47, "the README table should list the 47 trace files");
+    assert_eq!(
+        table.len(),
+        47,
+        "the README table should list the 47 trace files"
+    );
     let pack = load(common::PACK_MODULE, &json!({})).unwrap();
     let mut failures = Vec::new();
     for (file, (want_first, want_all)) in &table {
@@ -92,10 +116,14 @@ fn default_ruleset_matches_the_corpus_table_first_and_all() {
         let first = pack.counts(&events, Matching::First);
         let all = pack.counts(&events, Matching::All);
         if &first != want_first {
-            failures.push(format!("{file} (first): got {first:?}, table says {want_first:?}"));
+            failures.push(format!(
+                "{file} (first): got {first:?}, table says {want_first:?}"
+            ));
         }
         if &all != want_all {
-            failures.push(format!("{file} (all): got {all:?}, table says {want_all:?}"));
+            failures.push(format!(
+                "{file} (all): got {all:?}, table says {want_all:?}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

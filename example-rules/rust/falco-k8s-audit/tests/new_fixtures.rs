@@ -6,7 +6,10 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Matching, cases, corpus_dir, fixtures_dir, load, read_json, read_trace, read_trace_file, run_case};
+use common::{
+    Matching, cases, corpus_dir, fixtures_dir, load, read_json, read_trace, read_trace_file,
+    run_case,
+};
 use falco_k8s_audit::rules::RULES;
 use serde_json::{Value, json};
 
@@ -14,20 +17,37 @@ use serde_json::{Value, json};
 fn fixture_expectations_hold() {
     let dir = fixtures_dir();
     let cases = cases(&dir.join("expectations.json"));
-    assert!(cases.len() >= 40, "expected the full fixture suite, found {} cases", cases.len());
+    assert!(
+        cases.len() >= 40,
+        "expected the full fixture suite, found {} cases",
+        cases.len()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let events = read_trace_file(&dir.join(&case.trace_file));
-        assert!(!events.is_empty(), "{}: {} holds no event", case.case, case.trace_file);
+        assert!(
+            !events.is_empty(),
+            "{}: {} holds no event",
+            case.case,
+            case.trace_file
+        );
         failures.extend(run_case(case, &events));
     }
-    assert!(failures.is_empty(), "{} failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn every_fixture_file_is_used_and_is_a_v1_audit_event() {
     let dir = fixtures_dir();
-    let used: BTreeSet<String> = cases(&dir.join("expectations.json")).into_iter().map(|c| c.trace_file).collect();
+    let used: BTreeSet<String> = cases(&dir.join("expectations.json"))
+        .into_iter()
+        .map(|c| c.trace_file)
+        .collect();
     let mut files = BTreeSet::new();
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
@@ -36,35 +56,70 @@ fn every_fixture_file_is_used_and_is_a_v1_audit_event() {
         }
         let text = std::fs::read_to_string(dir.join(&name)).unwrap();
         for (i, line) in text.lines().enumerate() {
-            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}:{}: {e}", i + 1));
+            let v: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{name}:{}: {e}", i + 1));
             assert_eq!(v["kind"], "Event", "{name}:{}", i + 1);
             assert_eq!(v["apiVersion"], "audit.k8s.io/v1", "{name}:{}", i + 1);
-            for key in ["auditID", "stage", "verb", "requestURI", "user", "objectRef", "responseStatus", "requestReceivedTimestamp", "stageTimestamp"] {
+            for key in [
+                "auditID",
+                "stage",
+                "verb",
+                "requestURI",
+                "user",
+                "objectRef",
+                "responseStatus",
+                "requestReceivedTimestamp",
+                "stageTimestamp",
+            ] {
                 assert!(v.get(key).is_some(), "{name}:{}: no `{key}`", i + 1);
             }
         }
-        assert!(read_trace(&text).is_ok(), "{name} does not decode as audit events");
+        assert!(
+            read_trace(&text).is_ok(),
+            "{name} does not decode as audit events"
+        );
         files.insert(name);
     }
-    assert_eq!(files, used, "fixture files and the files named by expectations.json differ");
+    assert_eq!(
+        files, used,
+        "fixture files and the files named by expectations.json differ"
+    );
 }
 
 #[test]
 fn corpus_and_fixtures_together_fire_every_rule() {
     let mut fired = BTreeSet::new();
-    for path in [corpus_dir().join("falco-expectations.json"), fixtures_dir().join("expectations.json")] {
+    for path in [
+        corpus_dir().join("falco-expectations.json"),
+        fixtures_dir().join("expectations.json"),
+    ] {
         for case in cases(&path) {
-            fired.extend(case.detect_counts.into_iter().filter(|(_, n)| *n > 0).map(|(r, _)| r));
+            fired.extend(
+                case.detect_counts
+                    .into_iter()
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(r, _)| r),
+            );
         }
     }
-    let missing: Vec<&str> = RULES.iter().map(|r| r.name).filter(|n| !fired.contains(*n)).collect();
-    assert!(missing.is_empty(), "rules no case expects to fire: {missing:?}");
+    let missing: Vec<&str> = RULES
+        .iter()
+        .map(|r| r.name)
+        .filter(|n| !fired.contains(*n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "rules no case expects to fire: {missing:?}"
+    );
 }
 
 fn only_alert(file: &str, config: Value) -> common::Raised {
     let pack = load(common::PACK_MODULE, &config).unwrap();
     let events = read_trace_file(&fixtures_dir().join(file));
-    let mut raised: Vec<_> = events.iter().flat_map(|e| pack.alerts(e, Matching::First)).collect();
+    let mut raised: Vec<_> = events
+        .iter()
+        .flat_map(|e| pack.alerts(e, Matching::First))
+        .collect();
     assert_eq!(raised.len(), 1, "{file}: {raised:?}");
     raised.remove(0)
 }
@@ -73,7 +128,11 @@ fn only_alert(file: &str, config: Value) -> common::Raised {
 fn outputs_follow_falco_field_semantics() {
     // Only spec.containers feeds ka.req.pod.containers.*: the init container's image is not listed.
     assert_eq!(
-        only_alert("create_pod_privileged_main_with_init_container.json", json!({})).output,
+        only_alert(
+            "create_pod_privileged_main_with_init_container.json",
+            json!({})
+        )
+        .output,
         "Pod started with privileged container (user=kubernetes-admin pod=vpn-gateway resource=pods ns=default images=(nginx:1.25.4))"
     );
     // The rule reads /requestObject/ephemeralContainers/0, the pre-1.23
@@ -88,10 +147,18 @@ fn outputs_follow_falco_field_semantics() {
         r#"K8s RoleBinding Created (user=kubernetes-admin binding=jane-view ns=dev resource=rolebindings subjects=({"kind":"User","apiGroup":"rbac.authorization.k8s.io","name":"jane"}) role=view resp=201 decision=allow reason=RBAC: allowed by ClusterRoleBinding "kubeadm:cluster-admins" of ClusterRole "cluster-admin" to Group "kubeadm:cluster-admins")"#
     );
     assert_eq!(
-        only_alert("create_node_forbidden.json", json!({"enable": ["untrusted-node-unsuccessfully-tried-to-join"]})).output,
+        only_alert(
+            "create_node_forbidden.json",
+            json!({"enable": ["untrusted-node-unsuccessfully-tried-to-join"]})
+        )
+        .output,
         "Node not in allowed list tried unsuccessfully to join the cluster  (user=system:node:worker-4 node=worker-5 reason=Forbidden resource=nodes)"
     );
-    let all = only_alert("get_namespace.json", json!({"enable": ["all-k8s-audit-events"]})).output;
+    let all = only_alert(
+        "get_namespace.json",
+        json!({"enable": ["all-k8s-audit-events"]}),
+    )
+    .output;
     assert!(
         all.starts_with(r#"K8s Audit Event received (user=kubernetes-admin verb=get uri=/api/v1/namespaces/shop obj={"kind":"Event","level":"Metadata","auditID":""#),
         "{all}"
@@ -103,17 +170,34 @@ fn overrides_file_defines_every_override_the_cases_use() {
     let table = read_json(&common::manifest_dir().join("tests/overrides.json"));
     let table = table.as_object().unwrap();
     let mut used = BTreeSet::new();
-    for path in [corpus_dir().join("falco-expectations.json"), fixtures_dir().join("expectations.json")] {
+    for path in [
+        corpus_dir().join("falco-expectations.json"),
+        fixtures_dir().join("expectations.json"),
+    ] {
         for case in cases(&path) {
             used.extend(case.overrides);
         }
     }
     for name in &used {
-        assert!(table.contains_key(name), "override `{name}` is used but not defined");
+        assert!(
+            table.contains_key(name),
+            "override `{name}` is used but not defined"
+        );
     }
     for (name, entry) in table {
-        assert!(used.contains(name), "override `{name}` is defined but no case uses it");
-        let keys: BTreeSet<&str> = entry.as_object().unwrap().keys().map(String::as_str).collect();
-        assert!(keys.contains("config") && keys.iter().all(|k| ["config", "module"].contains(k)), "{name}: {keys:?}");
+        assert!(
+            used.contains(name),
+            "override `{name}` is defined but no case uses it"
+        );
+        let keys: BTreeSet<&str> = entry
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert!(
+            keys.contains("config") && keys.iter().all(|k| ["config", "module"].contains(k)),
+            "{name}: {keys:?}"
+        );
     }
 }

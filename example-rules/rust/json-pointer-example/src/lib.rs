@@ -51,7 +51,9 @@ impl RuleModule for JsonPointerExample {
         let decision = decision.as_str().unwrap_or_default();
         vec![
             Alert::new(RULE_ID)
-                .output(format!("Found an authorization decision annotation (decision={decision})"))
+                .output(format!(
+                    "Found an authorization decision annotation (decision={decision})"
+                ))
                 .field(format!("jevt.value[{POINTER}]"), decision),
         ]
     }
@@ -75,10 +77,19 @@ mod tests {
         let h = Harness::<JsonPointerExample>::new();
         let alerts = h.evaluate_json(&event(r#"{"authorization.k8s.io/decision":"allow"}"#));
         assert_eq!(h.rule_names(&alerts), ["json_pointer_example"]);
-        assert_eq!(alerts[0].output, "Found an authorization decision annotation (decision=allow)");
-        assert!(h.evaluate_json(&event(r#"{"authorization.k8s.io/reason":"x"}"#)).is_empty());
+        assert_eq!(
+            alerts[0].output,
+            "Found an authorization decision annotation (decision=allow)"
+        );
+        assert!(
+            h.evaluate_json(&event(r#"{"authorization.k8s.io/reason":"x"}"#))
+                .is_empty()
+        );
         // The unescaped path names a nested key, which must not be found.
-        assert!(h.evaluate_json(&event(r#"{"authorization.k8s.io":"x"}"#)).is_empty());
+        assert!(
+            h.evaluate_json(&event(r#"{"authorization.k8s.io":"x"}"#))
+                .is_empty()
+        );
     }
 
     #[test]

@@ -42,7 +42,8 @@ pub fn fixtures_dir() -> PathBuf {
 }
 
 pub fn read_json(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
@@ -60,7 +61,8 @@ pub fn read_trace(text: &str) -> Result<Vec<AuditEvent>, String> {
 }
 
 pub fn read_trace_file(path: &Path) -> Vec<AuditEvent> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     read_trace(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -107,9 +109,16 @@ pub fn module_and_config(overrides: &[String]) -> (String, Value) {
         let entry = table
             .get(name)
             .unwrap_or_else(|| panic!("override `{name}` is not defined in tests/overrides.json"));
-        let this_module = entry.get("module").and_then(Value::as_str).unwrap_or(PACK_MODULE).to_string();
+        let this_module = entry
+            .get("module")
+            .and_then(Value::as_str)
+            .unwrap_or(PACK_MODULE)
+            .to_string();
         if let Some(m) = &module {
-            assert_eq!(m, &this_module, "overrides {overrides:?} ask for different modules");
+            assert_eq!(
+                m, &this_module,
+                "overrides {overrides:?} ask for different modules"
+            );
         }
         module = Some(this_module);
         merge(&mut config, entry.get("config").unwrap_or(&Value::Null));
@@ -127,8 +136,10 @@ pub struct Raised {
     pub output: String,
 }
 
+type EvaluateFn = Box<dyn Fn(&AuditEvent) -> Vec<Raised>>;
+
 pub struct Loaded {
-    evaluate: Box<dyn Fn(&AuditEvent) -> Vec<Raised>>,
+    evaluate: EvaluateFn,
 }
 
 fn load_module<M: RuleModule + 'static>(config: &str) -> Result<Loaded, String> {
@@ -140,7 +151,11 @@ fn load_module<M: RuleModule + 'static>(config: &str) -> Result<Loaded, String> 
                 .evaluate(event)
                 .into_iter()
                 .map(|alert| {
-                    let position = info.rules.iter().position(|r| r.id == alert.rule_id).unwrap();
+                    let position = info
+                        .rules
+                        .iter()
+                        .position(|r| r.id == alert.rule_id)
+                        .unwrap();
                     let rule = &info.rules[position];
                     Raised {
                         position,
@@ -213,7 +228,12 @@ pub fn run_case(case: &Case, events: &[AuditEvent]) -> Vec<String> {
     let (module, config) = module_and_config(&case.overrides);
     let loaded = match load(&module, &config) {
         Ok(l) => l,
-        Err(e) => return vec![format!("{}: configuration {config} rejected: {e}", case.case)],
+        Err(e) => {
+            return vec![format!(
+                "{}: configuration {config} rejected: {e}",
+                case.case
+            )];
+        }
     };
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     let mut priorities: BTreeMap<String, Priority> = BTreeMap::new();
@@ -229,18 +249,27 @@ pub fn run_case(case: &Case, events: &[AuditEvent]) -> Vec<String> {
     for (rule, want) in &case.detect_counts {
         let got = counts.get(rule).copied().unwrap_or(0);
         if got != *want {
-            failures.push(format!("{}: `{rule}` x{got}, expected x{want} (all kept alerts: {counts:?})", case.case));
+            failures.push(format!(
+                "{}: `{rule}` x{got}, expected x{want} (all kept alerts: {counts:?})",
+                case.case
+            ));
         }
         if case.detect
             && let Some(level) = &case.detect_level
             && let Some(p) = priorities.get(rule)
             && *p != falco_priority(level)
         {
-            failures.push(format!("{}: `{rule}` has priority {p:?}, expected {level}", case.case));
+            failures.push(format!(
+                "{}: `{rule}` has priority {p:?}, expected {level}",
+                case.case
+            ));
         }
     }
     if case.detect && case.detect_counts.is_empty() {
-        failures.push(format!("{}: detect=true but no detect_counts to check", case.case));
+        failures.push(format!(
+            "{}: detect=true but no detect_counts to check",
+            case.case
+        ));
     }
     failures
 }
