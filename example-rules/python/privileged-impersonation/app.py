@@ -65,6 +65,10 @@ class WitWorld(wit_world.WitWorld):
             _MODULE.configure(config)
         except ConfigError as e:
             raise Err(str(e))
+        except Exception as e:
+            # Any other exception would trap, and the operator would see a
+            # trap instead of a reason.
+            raise Err(f"configuration rejected: {e!r}")
 
     def evaluate(self, event: types.Event) -> list[types.Alert]:
         try:
