@@ -378,3 +378,38 @@ fn prefilters_admit_every_event_their_rule_matches() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn docs_list_every_rule_and_list_as_the_code_has_them() {
+    let doc_path = common::manifest_dir().join("../../../docs/falco-rules.md");
+    let doc = std::fs::read_to_string(&doc_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", doc_path.display()));
+    for (i, r) in RULES.iter().enumerate() {
+        let default = match r.default {
+            falco_k8s_audit::rules::DefaultState::On => "on".to_string(),
+            falco_k8s_audit::rules::DefaultState::Off { falco_macro } => {
+                format!("off (`{falco_macro}`)")
+            }
+        };
+        let row = format!(
+            "| {} | `{}` | {} | {} | {} | {} |",
+            i + 1,
+            r.id,
+            r.name,
+            r.priority.as_falco_str(),
+            default,
+            if r.activity { "yes" } else { "" }
+        );
+        assert!(
+            doc.contains(&row),
+            "docs/falco-rules.md lacks the row\n{row}"
+        );
+    }
+    for list in falco_k8s_audit::LISTS {
+        assert!(
+            doc.contains(&format!("| `{}` |", list.name)),
+            "docs/falco-rules.md does not document list `{}`",
+            list.name
+        );
+    }
+}
