@@ -19,7 +19,7 @@ pub mod rules;
 use peregrine_sdk::{Alert, Event, ModuleInfo, RuleModule, rule};
 
 use config::{Config, ListId};
-use fields::{Ctx, falco_image_repository};
+use fields::Ctx;
 use rules::{RULES, Stage};
 
 pub use config::LISTS;
@@ -65,9 +65,8 @@ impl FalcoK8sAudit {
                     .as_ref()
                     .is_none_or(|s| x.name().is_some_and(|n| s.contains(n)))
                 && e.images.as_ref().is_none_or(|s| {
-                    x.images().is_some_and(|images| {
-                        images.iter().all(|i| s.contains(falco_image_repository(i)))
-                    })
+                    x.image_repositories()
+                        .is_some_and(|repos| repos.iter().all(|r| s.contains(r)))
                 })
         })
     }

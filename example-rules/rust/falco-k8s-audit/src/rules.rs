@@ -31,8 +31,8 @@ pub enum Stage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DefaultState {
     On,
-    /// Off unless listed in `enable`; `macro` is the Falco macro that keeps
-    /// it off in Falco's file.
+    /// Off unless listed in `enable`; `falco_macro` is the macro that keeps
+    /// it off in Falco's file, named in the docs so Falco users find it.
     Off {
         falco_macro: &'static str,
     },
