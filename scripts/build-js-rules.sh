@@ -81,20 +81,22 @@ for dir in "$JS_DIR"/*/; do
         continue
     fi
     log=$(mktemp)
+    # Unique per process, so two builds into one OUTDIR cannot mix files.
+    tmp=$target.$$.tmp
     # http and fetch-event are off so the component imports no wasi:http:
     # rules get no network. stdio stays on so uncaught errors reach the host's
     # stderr instead of becoming bare traps.
     if ! node "$COMPONENTIZE_JS" "$dir/index.js" --wit "$WIT_DIR" --world-name "$WORLD" \
-        --disable http fetch-event --out "$target.tmp" >"$log" 2>&1 || [[ ! -s $target.tmp ]]; then
+        --disable http fetch-event --out "$tmp" >"$log" 2>&1 || [[ ! -s $tmp ]]; then
         # An empty or missing output must never replace a working module.
         cat "$log" >&2
-        rm -f "$log" "$target.tmp"
+        rm -f "$log" "$tmp"
         echo "build-js-rules: error: componentize-js failed for example-rules/js/$name (output above)" >&2
         failed+=("$name")
         continue
     fi
     rm -f "$log"
-    mv -f "$target.tmp" "$target"
+    mv -f "$tmp" "$target"
     end=$(date +%s.%N)
     size=$(stat -c %s "$target")
     awk -v t="$target" -v s="$size" -v a="$start" -v b="$end" \

@@ -85,17 +85,19 @@ for dir in "$ROOT"/example-rules/python/*/; do
     fi
     start=$(date +%s.%N)
     log=$(mktemp)
+    # Unique per process, so two builds into one OUTDIR cannot mix files.
+    tmp=$target.$$.tmp
     # Written beside the target and renamed, so a failed build leaves no file
     # that looks newer than its sources and a watcher never sees half a module.
-    if ! componentize_py -d "$WIT_DIR" -w "$WORLD" componentize -p "$dir" app -o "$target.tmp" >"$log" 2>&1; then
+    if ! componentize_py -d "$WIT_DIR" -w "$WORLD" componentize -p "$dir" app -o "$tmp" >"$log" 2>&1; then
         cat "$log" >&2
-        rm -f "$log" "$target.tmp"
+        rm -f "$log" "$tmp"
         echo "build-python-rules: error: componentize-py failed for example-rules/python/$name (output above)" >&2
         failed+=("$name")
         continue
     fi
     rm -f "$log"
-    mv -f "$target.tmp" "$target"
+    mv -f "$tmp" "$target"
     end=$(date +%s.%N)
     size=$(stat -c %s "$target")
     awk -v t="$target" -v s="$size" -v a="$start" -v b="$end" \
