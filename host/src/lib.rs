@@ -1,1 +1,21 @@
 //! Peregrine: a detection host for Kubernetes audit logs.
+//!
+//! The pipeline, stage by stage: [`ingest`] (webhook, replay) ->
+//! [`evaluate`] (worker threads running the [`rules`] in the [`engine`]
+//! sandbox) -> [`outputs`]. [`reload`] keeps the live rules in step with
+//! their files; [`tenants`] says who may post what.
+
+pub mod alert;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod evaluate;
+pub mod ingest;
+pub mod outputs;
+pub mod pipeline;
+pub mod reload;
+pub mod rules;
+pub mod server;
+pub mod telemetry;
+pub mod tenants;

@@ -1,0 +1,228 @@
+//! Alerts, and their serialisation in Falco's JSON shape so Falcosidekick,
+//! Falco Talon and existing dashboards consume them unchanged.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Falco's eight priorities, most severe first (so `a < b` means `a` is
+/// more severe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
+pub enum Priority {
+    Emergency,
+    Alert,
+    Critical,
+    Error,
+    Warning,
+    Notice,
+    Informational,
+    Debug,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Emergency => "Emergency",
+            Priority::Alert => "Alert",
+            Priority::Critical => "Critical",
+            Priority::Error => "Error",
+            Priority::Warning => "Warning",
+            Priority::Notice => "Notice",
+            Priority::Informational => "Informational",
+            Priority::Debug => "Debug",
+        }
+    }
+
+    /// At least as severe as `min`.
+    pub fn at_least(self, min: Priority) -> bool {
+        self <= min
+    }
+}
+
+impl From<peregrine_sdk::Priority> for Priority {
+    fn from(p: peregrine_sdk::Priority) -> Self {
+        use peregrine_sdk::Priority as P;
+        match p {
+            P::Emergency => Priority::Emergency,
+            P::Alert => Priority::Alert,
+            P::Critical => Priority::Critical,
+            P::Error => Priority::Error,
+            P::Warning => Priority::Warning,
+            P::Notice => Priority::Notice,
+            P::Informational => Priority::Informational,
+            P::Debug => Priority::Debug,
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The rule name of alerts that report a failing module.
+pub const RULE_ERROR: &str = "Peregrine Rule Error";
+
+/// One alert, with where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// Event time (nanoseconds since the Unix epoch).
+    pub time_unix_nanos: i64,
+    /// Display name of the rule (Falco's `rule`).
+    pub rule: String,
+    pub rule_id: String,
+    pub priority: Priority,
+    /// The module's output text, without Falco's time and priority prefix.
+    pub output: String,
+    pub tags: Vec<String>,
+    pub fields: Vec<(String, Option<String>)>,
+    pub tenant: Arc<str>,
+    /// Key of the module (its file name without `.wasm`).
+    pub module: String,
+    /// sha256 of the module that raised it.
+    pub module_digest: String,
+    pub audit_id: String,
+    pub hostname: Arc<str>,
+}
+
+/// Falco's alert JSON. Field names and order follow Falco's output.
+#[derive(Serialize)]
+struct FalcoAlert<'a> {
+    hostname: &'a str,
+    output: String,
+    priority: &'static str,
+    rule: &'a str,
+    source: &'static str,
+    tags: &'a [String],
+    time: String,
+    output_fields: BTreeMap<&'a str, Option<&'a str>>,
+}
+
+impl Alert {
+    pub fn time(&self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.time_unix_nanos)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+
+    /// RFC 3339 with nanoseconds, as Falco writes `time`.
+    pub fn time_rfc3339(&self) -> String {
+        let t = self.time();
+        let base = t
+            .replace_nanosecond(0)
+            .ok()
+            .and_then(|t| t.format(&Rfc3339).ok())
+            .unwrap_or_default();
+        // Falco always prints nine fractional digits.
+        format!("{}.{:09}Z", base.trim_end_matches('Z'), t.nanosecond())
+    }
+
+    /// Falco's `output`: the time of day, the priority, then the rule's text.
+    pub fn falco_output(&self) -> String {
+        let t = self.time();
+        format!(
+            "{:02}:{:02}:{:02}.{:09}: {} {}",
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.nanosecond(),
+            self.priority,
+            self.output
+        )
+    }
+
+    /// The value of output field `key`.
+    pub fn field(&self, key: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    /// Falco's JSON alert. Peregrine adds its provenance as output fields
+    /// (`peregrine.tenant`, `peregrine.module`, `peregrine.module_digest`,
+    /// `ka.auditid`), which Falco consumers pass through.
+    pub fn to_falco_json(&self) -> serde_json::Value {
+        let mut output_fields: BTreeMap<&str, Option<&str>> =
+            self.fields.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        output_fields.insert("peregrine.tenant", Some(&self.tenant));
+        output_fields.insert("peregrine.module", Some(&self.module));
+        output_fields.insert("peregrine.module_digest", Some(&self.module_digest));
+        output_fields.entry("ka.auditid").or_insert(Some(&self.audit_id));
+        serde_json::to_value(FalcoAlert {
+            hostname: &self.hostname,
+            output: self.falco_output(),
+            priority: self.priority.as_str(),
+            rule: &self.rule,
+            source: "k8s_audit",
+            tags: &self.tags,
+            time: self.time_rfc3339(),
+            output_fields,
+        })
+        .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// One readable line.
+    pub fn to_text_line(&self) -> String {
+        format!(
+            "{} {:<13} {} [{}] {} (tenant={} module={})",
+            self.time_rfc3339(),
+            self.priority.as_str(),
+            self.rule,
+            self.tags.join(","),
+            self.output,
+            self.tenant,
+            self.module
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Alert {
+        Alert {
+            time_unix_nanos: 1_540_475_929_730_588_000,
+            rule: "Create Privileged Pod".into(),
+            rule_id: "create-privileged-pod".into(),
+            priority: Priority::Warning,
+            output: "Pod started with privileged container (user=alice)".into(),
+            tags: vec!["k8s".into(), "T1610".into()],
+            fields: vec![("ka.user.name".into(), Some("alice".into())), ("ka.target.name".into(), None)],
+            tenant: "default".into(),
+            module: "falco_k8s_audit".into(),
+            module_digest: "ab".repeat(32),
+            audit_id: "id-1".into(),
+            hostname: "node-1".into(),
+        }
+    }
+
+    #[test]
+    fn serialises_in_falco_shape() {
+        let v = sample().to_falco_json();
+        assert_eq!(v["rule"], "Create Privileged Pod");
+        assert_eq!(v["priority"], "Warning");
+        assert_eq!(v["source"], "k8s_audit");
+        assert_eq!(v["hostname"], "node-1");
+        assert_eq!(v["time"], "2018-10-25T13:58:49.730588000Z");
+        assert_eq!(
+            v["output"],
+            "13:58:49.730588000: Warning Pod started with privileged container (user=alice)"
+        );
+        assert_eq!(v["tags"][1], "T1610");
+        assert_eq!(v["output_fields"]["ka.user.name"], "alice");
+        assert!(v["output_fields"]["ka.target.name"].is_null());
+        assert_eq!(v["output_fields"]["peregrine.module"], "falco_k8s_audit");
+        assert_eq!(v["output_fields"]["ka.auditid"], "id-1");
+    }
+
+    #[test]
+    fn priority_order_is_severity() {
+        assert!(Priority::Critical.at_least(Priority::Warning));
+        assert!(Priority::Warning.at_least(Priority::Warning));
+        assert!(!Priority::Notice.at_least(Priority::Warning));
+    }
+}

@@ -1,0 +1,105 @@
+//! The command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{AlertFormat, RuleMatching};
+
+/// Peregrine: detection for Kubernetes audit logs, with rules that are
+/// sandboxed WebAssembly programs (Rust, Python, JavaScript) and alerts in
+/// Falco's format.
+#[derive(Debug, Parser)]
+#[command(name = "peregrine", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log filter for stderr, e.g. `info`, `debug`, `peregrine=debug,tower_http=warn`.
+    #[arg(long, global = true, env = "PEREGRINE_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the audit webhook: POST /k8s-audit[/<tenant>] (kube-apiserver
+    /// audit webhook backend), GET /healthz, GET /api/v1/rules. Alerts go to
+    /// stdout. Rule modules are reloaded when their files change.
+    Serve(ServeArgs),
+    /// Evaluate recorded audit events (files, directories, or `-` for stdin;
+    /// one JSON document, an EventList, an array, or JSON lines) and print
+    /// one alert per line on stdout and a summary on stderr. Exits 1 if some
+    /// input could not be read or held data that is not audit events.
+    Replay(ReplayArgs),
+}
+
+/// Options shared by the commands that evaluate events.
+#[derive(Debug, Args)]
+pub struct RuleArgs {
+    /// Directory of `.wasm` rule modules; repeat for several. Default: the
+    /// config's `rules.dirs`, else the example rules built by `make rules`.
+    #[arg(long = "rules", value_name = "DIR")]
+    pub rules: Vec<PathBuf>,
+
+    /// Configuration file (TOML). Without one, embedded defaults apply.
+    #[arg(long, short = 'c', value_name = "FILE", env = "PEREGRINE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Per module and event, alert only the first matching rule in the
+    /// module's order (`first`, Falco's default) or every one (`all`).
+    /// Overrides the config's `rules.rule_matching`.
+    #[arg(long, value_enum)]
+    pub rule_matching: Option<RuleMatching>,
+
+    /// Alert format on stdout. Overrides the config's `output.format`.
+    #[arg(long, value_enum)]
+    pub format: Option<AlertFormat>,
+
+    /// Evaluation threads (default: one per CPU core).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Overrides the config's `server.listen`
+    /// (default 127.0.0.1:8765).
+    #[arg(long, value_name = "ADDR", env = "PEREGRINE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    #[command(flatten)]
+    pub rules: RuleArgs,
+
+    /// Do not watch the rules directories for changes.
+    #[arg(long)]
+    pub no_watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub rules: RuleArgs,
+
+    /// Tenant the events are evaluated for (selects tenant modules and state).
+    #[arg(long, default_value = crate::tenants::DEFAULT_TENANT)]
+    pub tenant: String,
+
+    /// Never show a progress bar, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// Files or directories of audit events; `-` reads stdin.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}

@@ -1,0 +1,130 @@
+//! `peregrine serve`
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::cli::ServeArgs;
+use crate::config::PeregrineConfig;
+use crate::evaluate::AlertSink;
+use crate::ingest::Dedup;
+use crate::outputs::stdout::StdoutOutput;
+use crate::pipeline::{Pipeline, rules_dirs};
+use crate::reload::{RulesDir, RulesWatcher};
+use crate::server::{AppState, app};
+
+/// A running webhook server with its pipeline.
+pub struct Server {
+    addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pipeline: Option<Pipeline>,
+    _watcher: Option<RulesWatcher>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// Loads the modules, starts the workers and binds the listener (port 0
+    /// picks a free port; see [`Server::addr`]).
+    pub async fn start(
+        config: Arc<PeregrineConfig>,
+        dirs: Vec<RulesDir>,
+        sink: Arc<dyn AlertSink>,
+        watch: bool,
+    ) -> anyhow::Result<Server> {
+        let cfg = config.clone();
+        // Loading compiles modules: seconds of CPU, not for the async threads.
+        let pipeline = tokio::task::spawn_blocking(move || Pipeline::start(cfg, dirs, sink, false))
+            .await
+            .context("module loading panicked")??;
+        let watcher = if watch { Some(pipeline.rules.watch()?) } else { None };
+        let state = Arc::new(AppState {
+            config: config.clone(),
+            tenants: pipeline.tenants.clone(),
+            queue: pipeline.queue.clone(),
+            dedup: Dedup::new(config.server.dedup_capacity),
+            rules: pipeline.rules.clone(),
+            started: Instant::now(),
+        });
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = app(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::info!("listening on http://{addr} (POST /k8s-audit)");
+        Ok(Server {
+            addr,
+            state,
+            pipeline: Some(pipeline),
+            _watcher: watcher,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        self.pipeline.as_ref().expect("pipeline runs until shutdown")
+    }
+
+    /// Stops accepting requests, then evaluates every queued event before
+    /// returning, so nothing acknowledged is lost.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.context("server task panicked")??;
+        }
+        if let Some(mut pipeline) = self.pipeline.take() {
+            tokio::task::spawn_blocking(move || pipeline.drain()).await?;
+        }
+        Ok(())
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub async fn run(config: Arc<PeregrineConfig>, args: ServeArgs) -> anyhow::Result<()> {
+    let dirs = rules_dirs(&config, &args.rules.rules)?;
+    for d in &dirs {
+        tracing::info!(scope = %d.scope, "rules directory {}", d.path.display());
+    }
+    let sink: Arc<dyn AlertSink> = Arc::new(StdoutOutput::new(config.output.format));
+    let server = Server::start(config, dirs, sink, !args.no_watch).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing queued events");
+    server.shutdown().await
+}

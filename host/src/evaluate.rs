@@ -1,0 +1,402 @@
+//! The evaluation stage: worker threads take batches of events from the
+//! queue and run every module that serves the batch's tenant over them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use peregrine_sdk::audit::AuditEvent;
+
+use crate::alert::{Alert, Priority, RULE_ERROR};
+use crate::config::RuleMatching;
+use crate::engine::{CallError, ModuleInstance, PreparedEvent, WasmEngine};
+use crate::rules::{LoadedModule, RuleSet, StateStore};
+
+/// Consecutive failing calls after which a module is quarantined: it is no
+/// longer called until a new version is loaded.
+pub const QUARANTINE_AFTER: u64 = 20;
+
+/// Events of one tenant, evaluated together with one instance per module.
+pub struct Batch {
+    pub tenant: Arc<str>,
+    pub events: Vec<AuditEvent>,
+    /// Where to send the alerts instead of the sink (replay keeps order this way).
+    pub reply: Option<crossbeam_channel::Sender<Vec<Alert>>>,
+}
+
+/// Where the alerts of the evaluation stage go.
+pub trait AlertSink: Send + Sync {
+    fn submit(&self, alerts: Vec<Alert>);
+}
+
+/// The queue between ingest and the workers. Bounded in events, not batches,
+/// since that is what memory and the apiserver's retry budget are counted in.
+/// Tenants are served round-robin so one tenant's flood queues behind itself,
+/// not in front of everyone else.
+pub struct BatchQueue {
+    inner: Mutex<QueueState>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    per_tenant: HashMap<Arc<str>, VecDeque<Batch>>,
+    tenant_events: HashMap<Arc<str>, usize>,
+    /// Tenants with queued batches, in service order.
+    ring: VecDeque<Arc<str>>,
+    events: usize,
+    closed: bool,
+}
+
+/// Why a batch was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    #[error("the event queue is full")]
+    Full,
+    #[error("the tenant's share of the event queue is full")]
+    TenantFull,
+    #[error("shutting down")]
+    Closed,
+}
+
+impl BatchQueue {
+    pub fn new(capacity: usize) -> Self {
+        BatchQueue {
+            inner: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a batch unless the queue, or the tenant's share `tenant_cap`,
+    /// would overflow. All or nothing: the apiserver retries whole batches.
+    pub fn push(&self, batch: Batch, tenant_cap: Option<usize>) -> Result<(), QueueError> {
+        let n = batch.events.len();
+        let mut s = self.state();
+        if s.closed {
+            return Err(QueueError::Closed);
+        }
+        if s.events + n > self.capacity {
+            return Err(QueueError::Full);
+        }
+        let tenant_now = s.tenant_events.get(&batch.tenant).copied().unwrap_or(0);
+        if tenant_cap.is_some_and(|cap| tenant_now + n > cap) {
+            return Err(QueueError::TenantFull);
+        }
+        s.events += n;
+        *s.tenant_events.entry(batch.tenant.clone()).or_default() += n;
+        let tenant = batch.tenant.clone();
+        let q = s.per_tenant.entry(tenant.clone()).or_default();
+        q.push_back(batch);
+        if q.len() == 1 {
+            s.ring.push_back(tenant);
+        }
+        metrics::gauge!("peregrine_queue_events").set(s.events as f64);
+        drop(s);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// The next batch, round-robin over tenants; `None` once closed and drained.
+    pub fn pop(&self) -> Option<Batch> {
+        let mut s = self.state();
+        loop {
+            if let Some(tenant) = s.ring.pop_front() {
+                let q = s.per_tenant.get_mut(&tenant).expect("ring names a queued tenant");
+                let batch = q.pop_front().expect("ring names a non-empty queue");
+                if q.is_empty() {
+                    s.per_tenant.remove(&tenant);
+                } else {
+                    s.ring.push_back(tenant.clone());
+                }
+                s.events -= batch.events.len();
+                if let Some(c) = s.tenant_events.get_mut(&tenant) {
+                    *c -= batch.events.len();
+                    if *c == 0 {
+                        s.tenant_events.remove(&tenant);
+                    }
+                }
+                metrics::gauge!("peregrine_queue_events").set(s.events as f64);
+                return Some(batch);
+            }
+            if s.closed {
+                return None;
+            }
+            s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.state().events
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Events of `tenant` waiting.
+    pub fn tenant_len(&self, tenant: &str) -> usize {
+        self.state().tenant_events.get(tenant).copied().unwrap_or(0)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Stops accepting batches; workers finish what is queued, then stop.
+    pub fn close(&self) {
+        self.state().closed = true;
+        self.ready.notify_all();
+    }
+}
+
+/// Runs the live modules over batches.
+pub struct Evaluator {
+    pub engine: Arc<WasmEngine>,
+    pub rules: Arc<ArcSwap<RuleSet>>,
+    pub states: Arc<StateStore>,
+    pub rule_matching: RuleMatching,
+    pub hostname: Arc<str>,
+    /// Events evaluated with one instance of each module.
+    pub batch_events: usize,
+}
+
+impl Evaluator {
+    /// Evaluates a batch and returns its alerts in event order. Every event
+    /// of the batch sees the same version of every module.
+    #[tracing::instrument(name = "evaluate", skip_all, fields(tenant = %tenant, events = events.len()))]
+    pub fn evaluate_batch(&self, tenant: &Arc<str>, events: &[AuditEvent]) -> Vec<Alert> {
+        let rules = self.rules.load_full();
+        let needs_raw = rules.tenant_needs_raw(tenant);
+        let mut prepared: Vec<Option<PreparedEvent>> = (0..events.len()).map(|_| None).collect();
+        let mut per_event: Vec<Vec<Alert>> = vec![Vec::new(); events.len()];
+        for module in rules.for_tenant(tenant) {
+            if module.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER {
+                continue;
+            }
+            self.run_module(module, tenant, events, needs_raw, &mut prepared, &mut per_event);
+        }
+        metrics::counter!("peregrine_events_evaluated_total").increment(events.len() as u64);
+        per_event.into_iter().flatten().collect()
+    }
+
+    fn run_module(
+        &self,
+        module: &LoadedModule,
+        tenant: &Arc<str>,
+        events: &[AuditEvent],
+        needs_raw: bool,
+        prepared: &mut [Option<PreparedEvent>],
+        per_event: &mut [Vec<Alert>],
+    ) {
+        let mut instance: Option<ModuleInstance> = None;
+        let mut admitted_per_rule: HashMap<&str, u64> = HashMap::new();
+        for (i, ev) in events.iter().enumerate() {
+            let mut admitted = false;
+            for r in module.admitting_rules(ev) {
+                admitted = true;
+                *admitted_per_rule.entry(r.id.as_str()).or_default() += 1;
+            }
+            if !admitted {
+                continue;
+            }
+            if module.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER {
+                break;
+            }
+            let inst = match &mut instance {
+                Some(inst) => inst,
+                None => match self.fresh_instance(module, tenant) {
+                    Ok(inst) => instance.insert(inst),
+                    Err(e) => {
+                        per_event[i].push(self.rule_error(module, tenant, ev, &e));
+                        continue;
+                    }
+                },
+            };
+            let event = prepared[i].get_or_insert_with(|| PreparedEvent::new(ev, tenant, needs_raw));
+            let started = Instant::now();
+            let result = inst.evaluate(event, module.needs_raw_objects());
+            let nanos = started.elapsed().as_nanos() as u64;
+            module.stats.evaluations.fetch_add(1, Ordering::Relaxed);
+            module.stats.eval_nanos.fetch_add(nanos, Ordering::Relaxed);
+            metrics::histogram!("peregrine_rule_eval_seconds", "module" => module.key.clone())
+                .record(nanos as f64 / 1e9);
+            match result {
+                Ok(alerts) => {
+                    module.stats.consecutive_errors.store(0, Ordering::Relaxed);
+                    self.accept(module, tenant, ev, alerts, &mut per_event[i]);
+                }
+                Err(e) => {
+                    // A failed call poisons the store: start over with a fresh one.
+                    instance = None;
+                    per_event[i].push(self.rule_error(module, tenant, ev, &e));
+                }
+            }
+        }
+        if !admitted_per_rule.is_empty() {
+            let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, n) in admitted_per_rule {
+                rules.entry(id.to_string()).or_default().evaluations += n;
+            }
+        }
+    }
+
+    fn fresh_instance(&self, module: &LoadedModule, tenant: &Arc<str>) -> Result<ModuleInstance, CallError> {
+        let state = self.states.table(tenant, &module.scope, &module.key);
+        let mut inst = self
+            .engine
+            .instantiate(&module.compiled, module.label.clone(), module.limits, state)?;
+        inst.configure(&module.config_json)?
+            .map_err(|msg| CallError::Trap(format!("configure failed on a fresh instance: {msg}")))?;
+        Ok(inst)
+    }
+
+    /// Turns a module's alerts into host alerts: names and priorities from
+    /// metadata, `rule_matching`, and a rule error for undeclared rule ids.
+    fn accept(&self, module: &LoadedModule, tenant: &Arc<str>, ev: &AuditEvent, alerts: Vec<peregrine_sdk::Alert>, out: &mut Vec<Alert>) {
+        let mut accepted: Vec<(usize, Alert)> = Vec::with_capacity(alerts.len());
+        for a in alerts {
+            let Some((index, rule)) = module.rule(&a.rule_id) else {
+                let e = CallError::Trap(format!("returned an alert for undeclared rule id `{}`", a.rule_id));
+                out.push(self.rule_error(module, tenant, ev, &e));
+                continue;
+            };
+            if !rule.enabled {
+                metrics::counter!("peregrine_alerts_dropped_total", "reason" => "rule_disabled").increment(1);
+                continue;
+            }
+            let mut tags = rule.tags.clone();
+            for t in a.tags {
+                if !tags.contains(&t) {
+                    tags.push(t);
+                }
+            }
+            accepted.push((
+                index,
+                Alert {
+                    time_unix_nanos: event_time(ev),
+                    rule: rule.name.clone(),
+                    rule_id: rule.id.clone(),
+                    priority: a.priority.unwrap_or(rule.priority).into(),
+                    output: a.output,
+                    tags,
+                    fields: a.fields,
+                    tenant: tenant.clone(),
+                    module: module.key.clone(),
+                    module_digest: module.digest.clone(),
+                    audit_id: ev.audit_id.clone(),
+                    hostname: self.hostname.clone(),
+                },
+            ));
+        }
+        if self.rule_matching == RuleMatching::First {
+            if let Some(first) = accepted.iter().map(|(i, _)| *i).min() {
+                accepted.retain(|(i, _)| *i == first);
+            }
+        }
+        if !accepted.is_empty() {
+            let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
+            for (_, a) in &accepted {
+                rules.entry(a.rule_id.clone()).or_default().alerts += 1;
+                metrics::counter!("peregrine_alerts_total", "module" => module.key.clone(), "rule" => a.rule_id.clone())
+                    .increment(1);
+            }
+        }
+        out.extend(accepted.into_iter().map(|(_, a)| a));
+    }
+
+    fn rule_error(&self, module: &LoadedModule, tenant: &Arc<str>, ev: &AuditEvent, e: &CallError) -> Alert {
+        let total = module.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let consecutive = module.stats.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::counter!("peregrine_rule_errors_total", "module" => module.key.clone(), "kind" => e.kind())
+            .increment(1);
+        tracing::warn!(module = %module.label, audit_id = %ev.audit_id, errors = total, "rule module failed: {e}");
+        if consecutive == QUARANTINE_AFTER {
+            tracing::error!(
+                module = %module.label,
+                "module quarantined after {QUARANTINE_AFTER} consecutive failures; it stays off until a new version is loaded"
+            );
+        }
+        Alert {
+            time_unix_nanos: event_time(ev),
+            rule: RULE_ERROR.to_string(),
+            rule_id: "rule-error".to_string(),
+            priority: Priority::Error,
+            output: format!("Rule module {} failed on event {}: {e}", module.key, ev.audit_id),
+            tags: vec!["peregrine".into(), "rule_error".into()],
+            fields: vec![
+                ("peregrine.error_kind".into(), Some(e.kind().to_string())),
+                ("peregrine.error".into(), Some(e.to_string())),
+                ("ka.verb".into(), Some(ev.verb.clone())),
+                ("ka.target.resource".into(), ev.resource().map(str::to_string)),
+            ],
+            tenant: tenant.clone(),
+            module: module.key.clone(),
+            module_digest: module.digest.clone(),
+            audit_id: ev.audit_id.clone(),
+            hostname: self.hostname.clone(),
+        }
+    }
+}
+
+/// Alerts are stamped with the event's time, as Falco does; events without a
+/// usable timestamp get the time they were evaluated.
+fn event_time(ev: &AuditEvent) -> i64 {
+    ev.time_unix_nanos().unwrap_or_else(|| {
+        time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
+    })
+}
+
+/// The worker threads. OS threads, not async tasks: a Wasm call is CPU work
+/// that must not stall the webhook's runtime.
+pub struct WorkerPool {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    pub fn start(n: usize, queue: Arc<BatchQueue>, evaluator: Arc<Evaluator>, sink: Arc<dyn AlertSink>) -> Self {
+        let handles = (0..n.max(1))
+            .map(|i| {
+                let queue = queue.clone();
+                let evaluator = evaluator.clone();
+                let sink = sink.clone();
+                std::thread::Builder::new()
+                    .name(format!("peregrine-worker-{i}"))
+                    .spawn(move || {
+                        while let Some(batch) = queue.pop() {
+                            let alerts: Vec<Alert> = batch
+                                .events
+                                .chunks(evaluator.batch_events.max(1))
+                                .flat_map(|chunk| evaluator.evaluate_batch(&batch.tenant, chunk))
+                                .collect();
+                            match batch.reply {
+                                Some(reply) => {
+                                    let _ = reply.send(alerts);
+                                }
+                                None if alerts.is_empty() => {}
+                                None => sink.submit(alerts),
+                            }
+                        }
+                    })
+                    .expect("spawning a worker thread")
+            })
+            .collect();
+        WorkerPool { handles }
+    }
+
+    /// Waits for the workers to drain the (closed) queue.
+    pub fn join(self) {
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Getting audit events in: the webhook, and files or stdin for replay.
+
+pub mod decode;
+pub mod dedup;
+pub mod replay;
+pub(crate) mod webhook;
+
+pub use decode::{Decoded, PayloadError, Rejection, decode_payload};
+pub use dedup::Dedup;

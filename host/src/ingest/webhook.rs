@@ -1,0 +1,198 @@
+//! `POST /k8s-audit[/<tenant>]`: the kube-apiserver's audit webhook.
+//!
+//! The handler decodes, deduplicates and queues, then answers; evaluation
+//! happens on the workers. The apiserver retries any non-2xx answer, so 429
+//! is only sent when the queue is really full, and a 200 is only sent once
+//! every accepted event is queued.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::decode::{Rejection, decode_payload};
+use super::replay::decode_input;
+use crate::evaluate::{Batch, QueueError};
+use crate::server::AppState;
+use crate::tenants::AuthError;
+
+/// What the webhook answers with a 200.
+#[derive(Debug, Serialize)]
+pub struct IngestSummary {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub rejected: Vec<Rejection>,
+}
+
+pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+fn reject_request(reason: &'static str, status: StatusCode, message: impl Into<String>) -> Response {
+    metrics::counter!("peregrine_requests_rejected_total", "reason" => reason).increment(1);
+    error_response(status, message)
+}
+
+pub(crate) async fn ingest_default(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    ingest(app, crate::tenants::DEFAULT_TENANT, headers, body).await
+}
+
+pub(crate) async fn ingest_tenant(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(app, &tenant, headers, body).await
+}
+
+#[tracing::instrument(name = "ingest", skip_all, fields(tenant = %tenant_id, events, rejected, duplicates))]
+async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: Body) -> Response {
+    let tenant = match app.tenants.authenticate(tenant_id, &headers) {
+        Ok(t) => t,
+        Err(AuthError::UnknownTenant) => {
+            return reject_request("unknown_tenant", StatusCode::NOT_FOUND, format!("unknown tenant `{tenant_id}`"));
+        }
+        Err(e @ (AuthError::MissingCredentials | AuthError::BadCredentials)) => {
+            let mut r = reject_request("unauthorized", StatusCode::UNAUTHORIZED, e.to_string());
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            return r;
+        }
+    };
+
+    let Some(body_kind) = body_kind(&headers) else {
+        return reject_request(
+            "content_type",
+            StatusCode::BAD_REQUEST,
+            "content type must be application/json, or application/x-ndjson for JSON lines \
+             (with curl: -H 'Content-Type: application/json')",
+        );
+    };
+
+    let limit = app.config.server.max_body_bytes;
+    let body: Bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            return if too_large {
+                reject_request(
+                    "too_large",
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body is over the {limit}-byte limit"),
+                )
+            } else {
+                reject_request("read_error", StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))
+            };
+        }
+    };
+
+    let max_event = app.config.server.max_event_bytes;
+    // Decoding a 12 MiB body takes milliseconds: keep it off the async threads.
+    let decoded = match tokio::task::spawn_blocking(move || match body_kind {
+        BodyKind::Json => decode_payload(&body, max_event),
+        BodyKind::JsonLines => Ok(decode_input(&body, max_event)),
+    })
+    .await
+    {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return reject_request("bad_payload", StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("decoder failed: {e}")),
+    };
+    for r in &decoded.rejected {
+        metrics::counter!("peregrine_events_rejected_total", "reason" => r.kind).increment(1);
+    }
+
+    let mut events = Vec::with_capacity(decoded.events.len());
+    let mut duplicates = 0;
+    for ev in decoded.events {
+        if app.dedup.seen(&tenant.id, &ev.audit_id, &ev.stage) {
+            duplicates += 1;
+        } else {
+            events.push(ev);
+        }
+    }
+    metrics::counter!("peregrine_events_received_total", "tenant" => tenant.id.to_string())
+        .increment(events.len() as u64);
+    metrics::counter!("peregrine_events_deduplicated_total").increment(duplicates as u64);
+
+    let span = tracing::Span::current();
+    span.record("events", events.len());
+    span.record("rejected", decoded.rejected.len());
+    span.record("duplicates", duplicates);
+
+    let accepted = events.len();
+    if let Err(retry_after) = tenant.admit(accepted) {
+        app.dedup.forget(&tenant.id, events.iter().map(|e| (e.audit_id.as_str(), e.stage.as_str())));
+        metrics::counter!("peregrine_requests_rejected_total", "reason" => "tenant_rate").increment(1);
+        return too_many(retry_after, format!("tenant `{}` is over its events-per-second quota", tenant.id));
+    }
+    if accepted > 0 {
+        let keys: Vec<(String, String)> = events.iter().map(|e| (e.audit_id.clone(), e.stage.clone())).collect();
+        let batch = Batch {
+            tenant: tenant.id.clone(),
+            events,
+            reply: None,
+        };
+        if let Err(e) = app.queue.push(batch, tenant.queue_share(app.queue.capacity())) {
+            // Not queued, so not acknowledged: the apiserver will resend, and
+            // the resent events must not be dropped as duplicates.
+            app.dedup.forget(&tenant.id, keys.iter().map(|(a, s)| (a.as_str(), s.as_str())));
+            let reason = match e {
+                QueueError::Full => "queue_full",
+                QueueError::TenantFull => "tenant_queue_full",
+                QueueError::Closed => "shutting_down",
+            };
+            metrics::counter!("peregrine_requests_rejected_total", "reason" => reason).increment(1);
+            if e == QueueError::Closed {
+                return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+            }
+            return too_many(1, format!("{e}; retry later"));
+        }
+    }
+    (
+        StatusCode::OK,
+        axum::Json(IngestSummary {
+            accepted,
+            duplicates,
+            rejected: decoded.rejected,
+        }),
+    )
+        .into_response()
+}
+
+fn too_many(retry_after_secs: u64, message: String) -> Response {
+    let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after_secs.max(1)));
+    r
+}
+
+#[derive(Clone, Copy)]
+enum BodyKind {
+    /// One JSON document, as the apiserver sends.
+    Json,
+    /// JSON lines, as audit log files are written.
+    JsonLines,
+}
+
+fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
+    let mime = headers
+        .get(header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Some(BodyKind::Json),
+        "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => Some(BodyKind::JsonLines),
+        m if m.ends_with("+json") => Some(BodyKind::Json),
+        _ => None,
+    }
+}

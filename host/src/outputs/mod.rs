@@ -1,0 +1,3 @@
+//! Where alerts go. One file per output kind.
+
+pub mod stdout;

@@ -1,0 +1,147 @@
+//! Assembles the stages: rule manager, queue, workers, alert sink.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::config::PeregrineConfig;
+use crate::engine::{EngineOptions, WasmEngine};
+use crate::evaluate::{AlertSink, BatchQueue, Evaluator, WorkerPool};
+use crate::reload::{RuleManager, RulesDir};
+use crate::rules::{ModuleLoader, Scope, StateStore};
+use crate::tenants::Tenants;
+
+/// Where `make rules` puts the example modules. Used when neither the command
+/// line nor the configuration names a rules directory.
+pub fn example_rules_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../example-rules/build"))
+}
+
+/// The rules directories to load: `--rules` if given, else the config's
+/// `rules.dirs`, else the example rules; plus every tenant's own directories.
+pub fn rules_dirs(config: &PeregrineConfig, cli_dirs: &[PathBuf]) -> anyhow::Result<Vec<RulesDir>> {
+    let global: Vec<PathBuf> = if !cli_dirs.is_empty() {
+        cli_dirs.to_vec()
+    } else if !config.rules.dirs.is_empty() {
+        config.rules.dirs.clone()
+    } else {
+        let dir = example_rules_dir();
+        if !dir.is_dir() {
+            anyhow::bail!(
+                "no rules directory given and the example rules are not built at {}: run `make rules`, or pass --rules DIR",
+                dir.display()
+            );
+        }
+        vec![dir]
+    };
+    let mut dirs = Vec::new();
+    for path in global {
+        dirs.push(RulesDir {
+            scope: Scope::Global,
+            path: canonical_dir(&path)?,
+        });
+    }
+    for (id, tenant) in &config.tenants {
+        for path in &tenant.rules_dirs {
+            dirs.push(RulesDir {
+                scope: Scope::Tenant(id.as_str().into()),
+                path: canonical_dir(path).with_context(|| format!("tenant `{id}`"))?,
+            });
+        }
+    }
+    Ok(dirs)
+}
+
+fn canonical_dir(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let p = path
+        .canonicalize()
+        .with_context(|| format!("rules directory {} does not exist", path.display()))?;
+    if !p.is_dir() {
+        anyhow::bail!("rules directory {} is not a directory", path.display());
+    }
+    Ok(p)
+}
+
+/// The running evaluation pipeline.
+pub struct Pipeline {
+    pub config: Arc<PeregrineConfig>,
+    pub engine: Arc<WasmEngine>,
+    pub rules: Arc<RuleManager>,
+    pub queue: Arc<BatchQueue>,
+    pub evaluator: Arc<Evaluator>,
+    pub tenants: Arc<Tenants>,
+    workers: Option<WorkerPool>,
+}
+
+impl Pipeline {
+    /// Loads the modules and starts the workers. Modules that fail to load
+    /// are reported and skipped; `require_all` turns that into an error.
+    pub fn start(
+        config: Arc<PeregrineConfig>,
+        dirs: Vec<RulesDir>,
+        sink: Arc<dyn AlertSink>,
+        require_all: bool,
+    ) -> anyhow::Result<Self> {
+        let workers = config.engine.worker_count();
+        let engine = WasmEngine::new(EngineOptions {
+            epoch_tick: std::time::Duration::from_millis(config.engine.epoch_tick_ms),
+            // Each worker holds one instance at a time; loads and reloads
+            // need a few more.
+            max_instances: (workers + 4) as u32,
+            max_memory_bytes: config.sandbox.max_memory_bytes(),
+            cache_dir: config.engine.resolved_cache_dir(),
+        })?;
+        let tenants = Arc::new(Tenants::from_config(&config.auth, &config.tenants)?);
+        let states = Arc::new(StateStore::default());
+        let loader = ModuleLoader::new(engine.clone(), config.clone(), states.clone());
+        let rules = RuleManager::new(loader, dirs, tenants.clone());
+        let (live, failed) = rules.load_all();
+        for (path, err) in &failed {
+            tracing::error!(module = %path.display(), "{err}");
+        }
+        if require_all && !failed.is_empty() {
+            let list: Vec<String> = failed.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect();
+            anyhow::bail!("{} module(s) failed to load:\n  {}", failed.len(), list.join("\n  "));
+        }
+        if live == 0 {
+            tracing::warn!("no rule module is live: events will be accepted but nothing evaluates them");
+        }
+        let queue = Arc::new(BatchQueue::new(config.server.queue_events));
+        let evaluator = Arc::new(Evaluator {
+            engine: engine.clone(),
+            rules: rules.current().clone(),
+            states,
+            rule_matching: config.rules.rule_matching,
+            hostname: hostname::get()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "unknown".into())
+                .into(),
+            batch_events: config.engine.batch_events,
+        });
+        let pool = WorkerPool::start(workers, queue.clone(), evaluator.clone(), sink);
+        Ok(Pipeline {
+            config,
+            engine,
+            rules,
+            queue,
+            evaluator,
+            tenants,
+            workers: Some(pool),
+        })
+    }
+
+    /// Stops taking batches and waits until every queued event is evaluated.
+    pub fn drain(&mut self) {
+        self.queue.close();
+        if let Some(w) = self.workers.take() {
+            w.join();
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        self.drain();
+    }
+}

@@ -1,0 +1,423 @@
+//! Keeps the live [`RuleSet`] in step with the rules directories.
+//!
+//! A watcher on every directory debounces editor noise; changed files are
+//! compiled and probed (`configure`, `metadata`) off the hot path, and only a
+//! module that passed goes live, by swapping in a new immutable rule set.
+//! Workers load the rule set once per batch, so in-flight batches finish on
+//! the old version and no event is evaluated twice or skipped. A module that
+//! fails to load keeps its previous version live; a deleted file unloads.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use notify_debouncer_full::notify::RecursiveMode;
+use serde::Serialize;
+
+use crate::config::PeregrineConfig;
+use crate::evaluate::QUARANTINE_AFTER;
+use crate::rules::{LoadedModule, ModuleLoader, ModuleStats, RuleSet, Scope, discover_modules};
+use crate::tenants::Tenants;
+
+/// Quiet time after the last change to a file before it is loaded: editors
+/// and `cp` write in several steps.
+const SETTLE: Duration = Duration::from_millis(150);
+
+/// One rules directory and whom its modules serve.
+#[derive(Debug, Clone)]
+pub struct RulesDir {
+    pub scope: Scope,
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleStatus {
+    /// Evaluating events.
+    Live,
+    /// Never loaded successfully; not evaluating.
+    Failed,
+    /// Failed too many calls in a row; not evaluating until a new version loads.
+    Quarantined,
+}
+
+struct Entry {
+    live: Option<Arc<LoadedModule>>,
+    last_error: Option<String>,
+    last_attempt: SystemTime,
+    /// Digest of the file as last attempted, so an unchanged file is not reloaded.
+    attempted_digest: Option<String>,
+}
+
+/// What the rules API shows for one module file.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleReport {
+    pub key: String,
+    pub scope: String,
+    pub path: PathBuf,
+    pub status: ModuleStatus,
+    pub digest: Option<String>,
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub loaded_at: Option<String>,
+    pub last_error: Option<String>,
+    pub last_attempt: String,
+    pub evaluations: u64,
+    pub errors: u64,
+    pub mean_eval_micros: Option<f64>,
+    pub rules: Vec<RuleReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleReport {
+    pub id: String,
+    pub name: String,
+    pub priority: String,
+    pub enabled: bool,
+    pub tags: Vec<String>,
+    /// Events its prefilter admitted (the module was called for them).
+    pub evaluations: u64,
+    pub alerts: u64,
+}
+
+/// Owns the live rule set and the status of every module file.
+pub struct RuleManager {
+    loader: ModuleLoader,
+    current: Arc<ArcSwap<RuleSet>>,
+    entries: Mutex<BTreeMap<(Scope, PathBuf), Entry>>,
+    dirs: Vec<RulesDir>,
+    config: Arc<PeregrineConfig>,
+    tenants: Arc<Tenants>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl RuleManager {
+    pub fn new(loader: ModuleLoader, dirs: Vec<RulesDir>, tenants: Arc<Tenants>) -> Arc<Self> {
+        let config = loader.config().clone();
+        Arc::new(RuleManager {
+            loader,
+            current: Arc::new(ArcSwap::from_pointee(RuleSet::default())),
+            entries: Mutex::new(BTreeMap::new()),
+            dirs,
+            config,
+            tenants,
+        })
+    }
+
+    /// The live rule set, shared with the workers.
+    pub fn current(&self) -> &Arc<ArcSwap<RuleSet>> {
+        &self.current
+    }
+
+    pub fn dirs(&self) -> &[RulesDir] {
+        &self.dirs
+    }
+
+    /// Loads every module of every directory; returns how many went live
+    /// and the failures.
+    pub fn load_all(&self) -> (usize, Vec<(PathBuf, String)>) {
+        for dir in &self.dirs {
+            self.sync_dir(dir);
+        }
+        let entries = self.lock();
+        let live = entries.values().filter(|e| e.live.is_some()).count();
+        let failed = entries
+            .iter()
+            .filter_map(|((_, p), e)| e.last_error.clone().map(|err| (p.clone(), err)))
+            .collect();
+        (live, failed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Scope, PathBuf), Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Brings one directory in step: loads new and changed files, unloads
+    /// deleted ones.
+    pub fn sync_dir(&self, dir: &RulesDir) {
+        let files = match discover_modules(&dir.path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(dir = %dir.path.display(), "cannot read rules directory: {e}");
+                return;
+            }
+        };
+        let known: Vec<PathBuf> = self
+            .lock()
+            .keys()
+            .filter(|(s, p)| *s == dir.scope && p.parent() == Some(dir.path.as_path()))
+            .map(|(_, p)| p.clone())
+            .collect();
+        for gone in known.iter().filter(|p| !files.contains(p)) {
+            self.unload(&dir.scope, gone);
+        }
+        for file in files {
+            self.load_file(&dir.scope, &file);
+        }
+    }
+
+    /// (Re)loads one file if its content changed since the last attempt.
+    pub fn load_file(&self, scope: &Scope, path: &Path) {
+        let digest = match std::fs::read(path) {
+            Ok(bytes) => {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&bytes))
+            }
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    self.unload(scope, path);
+                } else {
+                    self.record_failure(scope, path, None, format!("cannot read {}: {e}", path.display()));
+                }
+                return;
+            }
+        };
+        let key = (scope.clone(), path.to_path_buf());
+        if self
+            .lock()
+            .get(&key)
+            .is_some_and(|e| e.attempted_digest.as_deref() == Some(digest.as_str()))
+        {
+            return;
+        }
+        if let Err(msg) = self.check_tenant_quota(scope, path) {
+            self.record_failure(scope, path, Some(digest), msg);
+            return;
+        }
+        let module_key = crate::rules::module_key(path);
+        let (config_json, mut limits) = match scope {
+            Scope::Global => (
+                self.config.module_config_json(&module_key),
+                self.config.sandbox.limits_for(&module_key),
+            ),
+            Scope::Tenant(t) => {
+                let tenant = self.tenants.get(t).map(|t| &t.config);
+                let json = tenant
+                    .and_then(|c| c.modules.get(&module_key))
+                    .map(|table| serde_json::to_string(table).unwrap_or_else(|_| "{}".into()))
+                    .unwrap_or_else(|| "{}".into());
+                let mut limits = self.config.sandbox.limits_for(&module_key);
+                if let Some(mib) = tenant.and_then(|c| c.memory_mib) {
+                    limits.memory_bytes = limits.memory_bytes.min(mib << 20);
+                }
+                (json, limits)
+            }
+        };
+        limits.memory_bytes = limits.memory_bytes.min(self.loader.engine().options().max_memory_bytes);
+        let started = Instant::now();
+        match self.loader.load(path, scope.clone(), &config_json, limits) {
+            Ok(mut module) => {
+                let mut entries = self.lock();
+                let entry = entries.entry(key).or_insert_with(|| Entry {
+                    live: None,
+                    last_error: None,
+                    last_attempt: SystemTime::now(),
+                    attempted_digest: None,
+                });
+                // Counters follow the module across versions; quarantine does not.
+                if let Some(old) = &entry.live {
+                    module.stats = carry_stats(&old.stats);
+                }
+                entry.live = Some(Arc::new(module));
+                entry.last_error = None;
+                entry.last_attempt = SystemTime::now();
+                entry.attempted_digest = Some(digest);
+                self.publish(&entries);
+                metrics::counter!("peregrine_module_loads_total", "result" => "ok").increment(1);
+                metrics::histogram!("peregrine_module_load_seconds").record(started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                let kept = self.lock().get(&key).is_some_and(|e| e.live.is_some());
+                tracing::error!(
+                    module = %path.display(),
+                    previous_version_kept = kept,
+                    "module failed to load: {e}"
+                );
+                self.record_failure(scope, path, Some(digest), e.to_string());
+            }
+        }
+    }
+
+    fn check_tenant_quota(&self, scope: &Scope, path: &Path) -> Result<(), String> {
+        let Scope::Tenant(t) = scope else {
+            return Ok(());
+        };
+        let Some(max) = self.tenants.get(t).and_then(|t| t.config.max_modules) else {
+            return Ok(());
+        };
+        let entries = self.lock();
+        let others = entries
+            .iter()
+            .filter(|((s, p), e)| s == scope && p != path && e.live.is_some())
+            .count();
+        if others >= max {
+            return Err(format!("tenant `{t}` already has {others} modules, its quota is {max}"));
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, scope: &Scope, path: &Path, digest: Option<String>, error: String) {
+        metrics::counter!("peregrine_module_loads_total", "result" => "failed").increment(1);
+        let mut entries = self.lock();
+        let entry = entries
+            .entry((scope.clone(), path.to_path_buf()))
+            .or_insert_with(|| Entry {
+                live: None,
+                last_error: None,
+                last_attempt: SystemTime::now(),
+                attempted_digest: None,
+            });
+        entry.last_error = Some(error);
+        entry.last_attempt = SystemTime::now();
+        entry.attempted_digest = digest;
+    }
+
+    /// Removes a module whose file is gone.
+    pub fn unload(&self, scope: &Scope, path: &Path) {
+        let mut entries = self.lock();
+        if let Some(e) = entries.remove(&(scope.clone(), path.to_path_buf())) {
+            if e.live.is_some() {
+                tracing::info!(module = %path.display(), "module unloaded: its file was removed");
+                self.publish(&entries);
+            }
+        }
+    }
+
+    /// Swaps in a rule set built from the live modules.
+    fn publish(&self, entries: &BTreeMap<(Scope, PathBuf), Entry>) {
+        let generation = self.current.load().generation + 1;
+        let modules = entries.values().filter_map(|e| e.live.clone()).collect();
+        self.current.store(Arc::new(RuleSet { modules, generation }));
+        metrics::gauge!("peregrine_modules_live").set(entries.values().filter(|e| e.live.is_some()).count() as f64);
+    }
+
+    /// Status of every module file, for the API.
+    pub fn report(&self) -> Vec<ModuleReport> {
+        let entries = self.lock();
+        entries
+            .iter()
+            .map(|((scope, path), e)| {
+                let m = e.live.as_deref();
+                let status = match m {
+                    None => ModuleStatus::Failed,
+                    Some(m) if m.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER => {
+                        ModuleStatus::Quarantined
+                    }
+                    Some(_) => ModuleStatus::Live,
+                };
+                let (evaluations, errors, nanos) = m.map_or((0, 0, 0), |m| {
+                    (
+                        m.stats.evaluations.load(Ordering::Relaxed),
+                        m.stats.errors.load(Ordering::Relaxed),
+                        m.stats.eval_nanos.load(Ordering::Relaxed),
+                    )
+                });
+                let rules = m.map_or_else(Vec::new, |m| {
+                    let counters = m.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
+                    m.info
+                        .rules
+                        .iter()
+                        .map(|r| {
+                            let c = counters.get(&r.id).copied().unwrap_or_default();
+                            RuleReport {
+                                id: r.id.clone(),
+                                name: r.name.clone(),
+                                priority: crate::alert::Priority::from(r.priority).to_string(),
+                                enabled: r.enabled,
+                                tags: r.tags.clone(),
+                                evaluations: c.evaluations,
+                                alerts: c.alerts,
+                            }
+                        })
+                        .collect()
+                });
+                ModuleReport {
+                    key: crate::rules::module_key(path),
+                    scope: scope.to_string(),
+                    path: path.clone(),
+                    status,
+                    digest: m.map(|m| m.digest.clone()),
+                    name: m.map(|m| m.info.name.clone()),
+                    version: m.map(|m| m.info.version.clone()),
+                    loaded_at: m.map(|m| rfc3339(m.loaded_at)),
+                    last_error: e.last_error.clone(),
+                    last_attempt: rfc3339(e.last_attempt),
+                    evaluations,
+                    errors,
+                    mean_eval_micros: (evaluations > 0).then(|| nanos as f64 / evaluations as f64 / 1_000.0),
+                    rules,
+                }
+            })
+            .collect()
+    }
+
+    /// Watches every rules directory and applies changes until the returned
+    /// guard is dropped.
+    pub fn watch(self: &Arc<Self>) -> anyhow::Result<RulesWatcher> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut debouncer = notify_debouncer_full::new_debouncer(SETTLE, None, tx)?;
+        for dir in &self.dirs {
+            debouncer
+                .watch(&dir.path, RecursiveMode::NonRecursive)
+                .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.path.display()))?;
+        }
+        let manager = Arc::downgrade(self);
+        let thread = std::thread::Builder::new()
+            .name("peregrine-reload".into())
+            .spawn(move || {
+                for result in rx {
+                    let Some(manager) = manager.upgrade() else { break };
+                    let events = match result {
+                        Ok(events) => events,
+                        Err(errors) => {
+                            for e in errors {
+                                tracing::warn!("rules watcher: {e}");
+                            }
+                            continue;
+                        }
+                    };
+                    let mut touched: Vec<PathBuf> = events
+                        .iter()
+                        .flat_map(|e| e.paths.iter().cloned())
+                        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
+                        .collect();
+                    touched.sort();
+                    touched.dedup();
+                    for path in touched {
+                        let Some(dir) = manager.dirs.iter().find(|d| path.parent() == Some(d.path.as_path())) else {
+                            continue;
+                        };
+                        let _span = tracing::info_span!("reload", module = %path.display()).entered();
+                        manager.load_file(&dir.scope, &path);
+                    }
+                }
+            })?;
+        Ok(RulesWatcher {
+            _debouncer: debouncer,
+            _thread: thread,
+        })
+    }
+}
+
+fn carry_stats(old: &ModuleStats) -> Arc<ModuleStats> {
+    let new = ModuleStats::default();
+    new.evaluations.store(old.evaluations.load(Ordering::Relaxed), Ordering::Relaxed);
+    new.errors.store(old.errors.load(Ordering::Relaxed), Ordering::Relaxed);
+    new.eval_nanos.store(old.eval_nanos.load(Ordering::Relaxed), Ordering::Relaxed);
+    *new.rules.lock().unwrap_or_else(|p| p.into_inner()) = old.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    Arc::new(new)
+}
+
+/// Keeps the watcher running.
+pub struct RulesWatcher {
+    _debouncer: notify_debouncer_full::Debouncer<notify_debouncer_full::notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
+    _thread: std::thread::JoinHandle<()>,
+}

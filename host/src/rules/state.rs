@@ -1,0 +1,33 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use peregrine_sdk::state::{StateLimits, StateTable};
+
+use super::Scope;
+
+/// The state of stateful rules, one bounded table per (tenant, module). It
+/// lives in the host, not in the instance, so it survives fresh instances
+/// and reloads.
+#[derive(Default)]
+pub struct StateStore {
+    tables: Mutex<HashMap<(Arc<str>, Scope, String), Arc<Mutex<StateTable>>>>,
+    limits: StateLimits,
+}
+
+impl StateStore {
+    pub fn new(limits: StateLimits) -> Self {
+        StateStore {
+            tables: Mutex::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    /// The table for `module` (by scope and key) as seen by `tenant`.
+    pub fn table(&self, tenant: &Arc<str>, scope: &Scope, module: &str) -> Arc<Mutex<StateTable>> {
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        tables
+            .entry((tenant.clone(), scope.clone(), module.to_string()))
+            .or_insert_with(|| Arc::new(Mutex::new(StateTable::new(self.limits))))
+            .clone()
+    }
+}

@@ -1,0 +1,63 @@
+//! The HTTP surface: the audit webhook, health, the REST API.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::config::PeregrineConfig;
+use crate::evaluate::BatchQueue;
+use crate::ingest::Dedup;
+use crate::ingest::webhook;
+use crate::reload::RuleManager;
+use crate::tenants::Tenants;
+
+/// What the handlers share.
+pub struct AppState {
+    pub config: Arc<PeregrineConfig>,
+    pub tenants: Arc<Tenants>,
+    pub queue: Arc<BatchQueue>,
+    pub dedup: Dedup,
+    pub rules: Arc<RuleManager>,
+    pub started: Instant,
+}
+
+/// All routes. Methods other than the ones listed get 405 with `Allow`.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/k8s-audit", post(webhook::ingest_default))
+        .route("/k8s-audit/{tenant}", post(webhook::ingest_tenant))
+        .route("/healthz", get(healthz))
+        .route("/api/v1/rules", get(rules))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+async fn healthz(State(app): State<Arc<AppState>>) -> Response {
+    let rules = app.rules.current().load();
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "modules_live": rules.modules.len(),
+        "rule_set_generation": rules.generation,
+        "queue_events": app.queue.len(),
+        "queue_capacity": app.queue.capacity(),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+    }))
+    .into_response()
+}
+
+async fn rules(State(app): State<Arc<AppState>>) -> Response {
+    axum::Json(serde_json::json!({ "modules": app.rules.report() })).into_response()
+}
+
+async fn not_found() -> Response {
+    webhook::error_response(
+        StatusCode::NOT_FOUND,
+        "not found: the audit webhook is POST /k8s-audit or /k8s-audit/<tenant>",
+    )
+}

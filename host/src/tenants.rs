@@ -1,0 +1,284 @@
+//! Tenants: who may post events, to which rule modules, within which quotas.
+//!
+//! Every tenant posts to `/k8s-audit/<tenant>` with its bearer token; the
+//! plain `/k8s-audit` is the `default` tenant, open unless the configuration
+//! closes it or gives it tokens. Tokens are compared as sha256 digests in
+//! constant time, so neither their content nor their length leaks through
+//! timing.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::http::{HeaderMap, header};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+pub const DEFAULT_TENANT: &str = "default";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Bearer tokens accepted for this tenant.
+    pub tokens: Vec<String>,
+    /// Files holding one token each (a mounted Kubernetes Secret), read at start.
+    pub token_files: Vec<PathBuf>,
+    /// Rule directories of this tenant, evaluated on top of the global ones,
+    /// for this tenant's events only.
+    pub rules_dirs: Vec<PathBuf>,
+    /// Events per second accepted (sustained; bursts up to one second's worth).
+    pub events_per_second: Option<u32>,
+    /// Modules the tenant's own directories may hold.
+    pub max_modules: Option<usize>,
+    /// Memory cap of each of the tenant's module instances, in MiB (a ceiling
+    /// on the sandbox limit).
+    pub memory_mib: Option<usize>,
+    /// Share of the event queue this tenant may fill, between 0 and 1.
+    pub queue_share: Option<f64>,
+    /// Per-module configuration for this tenant's own modules.
+    pub modules: BTreeMap<String, toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Whether `/k8s-audit` (the default tenant) accepts requests without a
+    /// token. Giving `[tenants.default]` tokens closes it too.
+    pub default_tenant_open: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            default_tenant_open: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("unknown tenant")]
+    UnknownTenant,
+    #[error("missing bearer token (Authorization: Bearer <token>)")]
+    MissingCredentials,
+    #[error("invalid bearer token")]
+    BadCredentials,
+}
+
+/// A tenant at run time.
+pub struct Tenant {
+    pub id: Arc<str>,
+    token_digests: Vec<[u8; 32]>,
+    open: bool,
+    pub config: TenantConfig,
+    bucket: Option<Mutex<TokenBucket>>,
+}
+
+impl Tenant {
+    /// The most events this tenant may have queued, given the queue size.
+    pub fn queue_share(&self, capacity: usize) -> Option<usize> {
+        self.config
+            .queue_share
+            .map(|s| ((capacity as f64) * s.clamp(0.0, 1.0)).ceil() as usize)
+    }
+
+    /// Takes `events` from the tenant's rate budget, or says how many
+    /// seconds to wait before retrying.
+    pub fn admit(&self, events: usize) -> Result<(), u64> {
+        let Some(bucket) = &self.bucket else {
+            return Ok(());
+        };
+        bucket.lock().unwrap_or_else(|p| p.into_inner()).take(events as f64, Instant::now())
+    }
+}
+
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    level: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        TokenBucket {
+            rate,
+            burst: rate,
+            level: rate,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, n: f64, now: Instant) -> Result<(), u64> {
+        self.level = (self.level + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        // A batch larger than the burst could never pass; let it through on a
+        // full bucket and go into debt instead.
+        if self.level >= n || self.level >= self.burst {
+            self.level -= n;
+            Ok(())
+        } else {
+            Err(((n.min(self.burst) - self.level) / self.rate).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
+}
+
+/// All tenants, by id.
+pub struct Tenants {
+    by_id: BTreeMap<String, Arc<Tenant>>,
+}
+
+impl Tenants {
+    pub fn from_config(auth: &AuthConfig, tenants: &BTreeMap<String, TenantConfig>) -> anyhow::Result<Self> {
+        let mut by_id = BTreeMap::new();
+        for (id, cfg) in tenants {
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                anyhow::bail!("tenant id `{id}` must be letters, digits, '-' or '_'");
+            }
+            let mut digests: Vec<[u8; 32]> = cfg.tokens.iter().map(|t| digest(t)).collect();
+            for file in &cfg.token_files {
+                let token = std::fs::read_to_string(file)
+                    .map_err(|e| anyhow::anyhow!("tenant `{id}`: cannot read token file {}: {e}", file.display()))?;
+                digests.push(digest(&token));
+            }
+            if cfg.tokens.iter().any(|t| t.trim().len() < 16) {
+                anyhow::bail!("tenant `{id}`: tokens must be at least 16 characters");
+            }
+            if id != DEFAULT_TENANT && digests.is_empty() {
+                anyhow::bail!("tenant `{id}` has no tokens: add `tokens` or `token_files`");
+            }
+            if cfg.queue_share.is_some_and(|s| !(s > 0.0 && s <= 1.0)) {
+                anyhow::bail!("tenant `{id}`: queue_share must be in (0, 1]");
+            }
+            let open = id == DEFAULT_TENANT && auth.default_tenant_open && digests.is_empty();
+            by_id.insert(
+                id.clone(),
+                Arc::new(Tenant {
+                    id: id.as_str().into(),
+                    token_digests: digests,
+                    open,
+                    bucket: cfg.events_per_second.map(|r| Mutex::new(TokenBucket::new(r))),
+                    config: cfg.clone(),
+                }),
+            );
+        }
+        by_id.entry(DEFAULT_TENANT.to_string()).or_insert_with(|| {
+            Arc::new(Tenant {
+                id: DEFAULT_TENANT.into(),
+                token_digests: Vec::new(),
+                open: auth.default_tenant_open,
+                bucket: None,
+                config: TenantConfig::default(),
+            })
+        });
+        Ok(Tenants { by_id })
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.by_id.get(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.by_id.values()
+    }
+
+    /// Checks the request's bearer token against the tenant's.
+    pub fn authenticate(&self, id: &str, headers: &HeaderMap) -> Result<Arc<Tenant>, AuthError> {
+        let tenant = self.by_id.get(id).ok_or(AuthError::UnknownTenant)?;
+        if tenant.open {
+            return Ok(tenant.clone());
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or(AuthError::MissingCredentials)?;
+        let offered = digest(token);
+        // Check every token, without stopping at a match, in constant time.
+        let mut ok = subtle::Choice::from(0u8);
+        for d in &tenant.token_digests {
+            ok |= d.ct_eq(&offered);
+        }
+        if bool::from(ok) {
+            Ok(tenant.clone())
+        } else {
+            Err(AuthError::BadCredentials)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(token: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(t) = token {
+            h.insert(header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn tokens_open_and_close_tenants() {
+        let mut t = BTreeMap::new();
+        t.insert(
+            "team-a".to_string(),
+            TenantConfig {
+                tokens: vec!["a-very-secret-token-1".into()],
+                ..Default::default()
+            },
+        );
+        let tenants = Tenants::from_config(&AuthConfig::default(), &t).unwrap();
+        assert!(tenants.authenticate("default", &headers(None)).is_ok());
+        assert_eq!(
+            tenants.authenticate("team-a", &headers(None)).unwrap_err(),
+            AuthError::MissingCredentials
+        );
+        assert_eq!(
+            tenants.authenticate("team-a", &headers(Some("a-very-secret-token-2"))).unwrap_err(),
+            AuthError::BadCredentials
+        );
+        assert!(tenants.authenticate("team-a", &headers(Some("a-very-secret-token-1"))).is_ok());
+        assert_eq!(tenants.authenticate("nope", &headers(None)).unwrap_err(), AuthError::UnknownTenant);
+
+        let closed = Tenants::from_config(&AuthConfig { default_tenant_open: false }, &BTreeMap::new()).unwrap();
+        assert!(closed.authenticate("default", &headers(Some("x"))).is_err());
+    }
+
+    #[test]
+    fn weak_or_missing_tokens_are_refused_at_start() {
+        let mut t = BTreeMap::new();
+        t.insert("b".to_string(), TenantConfig::default());
+        assert!(Tenants::from_config(&AuthConfig::default(), &t).is_err());
+        t.insert(
+            "b".to_string(),
+            TenantConfig {
+                tokens: vec!["short".into()],
+                ..Default::default()
+            },
+        );
+        assert!(Tenants::from_config(&AuthConfig::default(), &t).is_err());
+    }
+
+    #[test]
+    fn bucket_limits_rate_and_says_when_to_retry() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(100);
+        b.at = start;
+        assert!(b.take(100.0, start).is_ok());
+        assert_eq!(b.take(50.0, start), Err(1));
+        assert!(b.take(50.0, start + std::time::Duration::from_millis(500)).is_ok());
+        // A batch bigger than the burst passes on a full bucket, then waits.
+        let later = start + std::time::Duration::from_secs(10);
+        assert!(b.take(400.0, later).is_ok());
+        assert!(b.take(1.0, later).is_err());
+    }
+}
