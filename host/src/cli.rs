@@ -42,6 +42,17 @@ pub enum Command {
     /// one alert per line on stdout and a summary on stderr. Exits 1 if some
     /// input could not be read or held data that is not audit events.
     Replay(ReplayArgs),
+    /// Measure Peregrine: engine throughput (the Falco pack as Wasm against
+    /// the same code compiled natively), the HTTP path, hot-reload
+    /// edit-to-live times, cold start, peak memory, and a peer engine
+    /// (regorus, Rego) on the same rules and events. Prints a table and one
+    /// JSON summary line on stdout. With `--rules`/`--events` it measures
+    /// your own modules and events, with a per-rule cost breakdown.
+    Bench(crate::commands::bench::BenchArgs),
+    /// Internal: the peak-memory probe `peregrine bench` runs in a child
+    /// process, so the other figures do not inflate it.
+    #[command(hide = true)]
+    BenchRss(crate::commands::bench::RssArgs),
 }
 
 /// Options shared by the commands that evaluate events.

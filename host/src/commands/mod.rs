@@ -1,5 +1,6 @@
 //! The subcommands.
 
+pub mod bench;
 pub mod replay;
 pub mod serve;
 
@@ -47,5 +48,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Replay(args) => replay::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchRss(args) => bench::rss::child(args),
     }
 }
