@@ -267,3 +267,45 @@ pub fn install(path: &Path, bytes: &[u8]) {
     std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// Evaluates the events of `path` with the given modules and configuration
+/// through the host's pipeline (the engine `serve` and `replay` use), and
+/// returns the alerts in event order and the rejections.
+pub fn evaluate_file(
+    config: PeregrineConfig,
+    modules: &[PathBuf],
+    path: &Path,
+) -> (Vec<Alert>, Vec<peregrine::ingest::Rejection>) {
+    let dir = rules_dir(modules);
+    let dirs = vec![RulesDir {
+        scope: Scope::Global,
+        path: dir.path().canonicalize().unwrap(),
+    }];
+    let pipeline = peregrine::pipeline::Pipeline::start(Arc::new(config), dirs, Arc::new(Collector::default()), true)
+        .expect("modules load");
+    let decoded = peregrine::ingest::replay::read_input(&peregrine::ingest::replay::Input::File(path.to_path_buf()), 3 << 20)
+        .expect("input readable");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if !decoded.events.is_empty() {
+        pipeline
+            .queue
+            .push(
+                peregrine::evaluate::Batch {
+                    tenant: "default".into(),
+                    events: decoded.events,
+                    reply: Some(tx),
+                },
+                None,
+            )
+            .unwrap();
+        (rx.recv().unwrap(), decoded.rejected)
+    } else {
+        (Vec::new(), decoded.rejected)
+    }
+}
+
+/// Converts a JSON object into the TOML table a module's configuration is
+/// written as.
+pub fn toml_table(json: &serde_json::Value) -> toml::Table {
+    serde::Deserialize::deserialize(json).expect("module configuration is a JSON object")
+}
