@@ -167,10 +167,7 @@ impl RuleManager {
     /// (Re)loads one file if its content changed since the last attempt.
     pub fn load_file(&self, scope: &Scope, path: &Path) {
         let digest = match std::fs::read(path) {
-            Ok(bytes) => {
-                use sha2::Digest;
-                hex::encode(sha2::Sha256::digest(&bytes))
-            }
+            Ok(bytes) => crate::rules::digest_of(&bytes),
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     self.unload(scope, path);

@@ -76,6 +76,13 @@ pub struct Tenant {
     bucket: Option<Mutex<TokenBucket>>,
 }
 
+impl std::fmt::Debug for Tenant {
+    // Never print token digests.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
 impl Tenant {
     /// The most events this tenant may have queued, given the queue size.
     pub fn queue_share(&self, capacity: usize) -> Option<usize> {

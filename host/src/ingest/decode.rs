@@ -96,7 +96,8 @@ fn decode_item(item: &RawValue, index: usize, max_event_bytes: usize, list_allow
         Err(_) => return reject(out, "not_an_event", "item is not a JSON object".into()),
     };
     let kind = head.kind.and_then(|k| serde_json::from_str::<String>(k.get()).ok());
-    if let Some(v) = head.api_version {
+    let is_audit_kind = matches!(kind.as_deref(), Some("Event") | Some("EventList"));
+    if let (true, Some(v)) = (is_audit_kind, head.api_version) {
         match serde_json::from_str::<String>(v.get()) {
             Ok(v) if API_VERSIONS.contains(&v.as_str()) => {}
             Ok(v) => {
@@ -121,9 +122,17 @@ fn decode_item(item: &RawValue, index: usize, max_event_bytes: usize, list_allow
                     ),
                 );
             }
-            match serde_json::from_str::<AuditEvent>(item.get()) {
+            let mut de = serde_json::Deserializer::from_str(item.get());
+            match serde_path_to_error::deserialize::<_, AuditEvent>(&mut de) {
                 Ok(ev) => out.events.push(ev),
-                Err(e) => reject(out, "invalid", format!("invalid audit event: {e}")),
+                Err(e) if e.path().to_string() == "." => {
+                    reject(out, "invalid", format!("invalid audit event: {}", e.inner()))
+                }
+                Err(e) => reject(
+                    out,
+                    "invalid",
+                    format!("invalid audit event: field `{}`: {}", e.path(), e.inner()),
+                ),
             }
         }
         Some("EventList") if list_allowed => {
@@ -176,14 +185,20 @@ mod tests {
     fn bad_items_are_rejected_with_reasons_and_siblings_kept() {
         let big = EV.replace(r#""verb":"get""#, &format!(r#""verb":"get","userAgent":"{}""#, "x".repeat(500)));
         let body = format!(
-            r#"{{"kind":"EventList","items":[{EV},{{"kind":"Event","auditID":7}},42,{big},{{"kind":"Event","apiVersion":"v2"}}]}}"#
+            r#"{{"kind":"EventList","items":[{EV},{{"kind":"Event","auditID":7}},42,{big},{{"kind":"Event","apiVersion":"v2"}},{{"kind":"Pod","apiVersion":"v1"}}]}}"#
         );
         let d = decode_payload(body.as_bytes(), 300).unwrap();
         assert_eq!(d.events.len(), 1);
         let kinds: Vec<_> = d.rejected.iter().map(|r| (r.at.as_str(), r.kind)).collect();
         assert_eq!(
             kinds,
-            [("item 1", "invalid"), ("item 2", "not_an_event"), ("item 3", "too_large"), ("item 4", "unsupported_version")]
+            [
+                ("item 1", "invalid"),
+                ("item 2", "not_an_event"),
+                ("item 3", "too_large"),
+                ("item 4", "unsupported_version"),
+                ("item 5", "not_an_event")
+            ]
         );
         assert!(d.rejected[0].reason.contains("auditID"), "{}", d.rejected[0].reason);
     }

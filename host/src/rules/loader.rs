@@ -46,6 +46,12 @@ pub fn discover_modules(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The sha256 of a module file, in hex: its identity in alerts, the API and
+/// the compile cache.
+pub fn digest_of(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Module key: the file name without `.wasm`.
 pub fn module_key(path: &Path) -> String {
     path.file_stem()
@@ -102,7 +108,7 @@ impl ModuleLoader {
             });
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
-        let digest = hex::encode(Sha256::digest(&bytes));
+        let digest = digest_of(&bytes);
         tracing::Span::current().record("digest", &digest[..12]);
         let compiled = self.compiled(&bytes, &digest)?;
 
