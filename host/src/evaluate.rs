@@ -176,26 +176,24 @@ impl Evaluator {
     #[tracing::instrument(name = "evaluate", skip_all, fields(tenant = %tenant, events = events.len()))]
     pub fn evaluate_batch(&self, tenant: &Arc<str>, events: &[AuditEvent]) -> Vec<Alert> {
         let rules = self.rules.load_full();
-        let needs_raw = rules.tenant_needs_raw(tenant);
         let mut prepared: Vec<Option<PreparedEvent>> = (0..events.len()).map(|_| None).collect();
         let mut per_event: Vec<Vec<Alert>> = vec![Vec::new(); events.len()];
         for module in rules.for_tenant(tenant) {
             if module.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER {
                 continue;
             }
-            self.run_module(module, tenant, events, needs_raw, &mut prepared, &mut per_event);
+            self.run_module(module, tenant, events, &mut prepared, &mut per_event);
         }
         metrics::counter!("peregrine_events_evaluated_total").increment(events.len() as u64);
         per_event.into_iter().flatten().collect()
     }
 
-    fn run_module(
+    fn run_module<'e>(
         &self,
         module: &LoadedModule,
-        tenant: &Arc<str>,
-        events: &[AuditEvent],
-        needs_raw: bool,
-        prepared: &mut [Option<PreparedEvent>],
+        tenant: &'e Arc<str>,
+        events: &'e [AuditEvent],
+        prepared: &mut [Option<PreparedEvent<'e>>],
         per_event: &mut [Vec<Alert>],
     ) {
         let mut instance: Option<ModuleInstance> = None;
@@ -222,7 +220,7 @@ impl Evaluator {
                     }
                 },
             };
-            let event = prepared[i].get_or_insert_with(|| PreparedEvent::new(ev, tenant, needs_raw));
+            let event = prepared[i].get_or_insert_with(|| PreparedEvent::new(ev, tenant));
             let started = Instant::now();
             let result = inst.evaluate(event, module.needs_raw_objects());
             let nanos = started.elapsed().as_nanos() as u64;

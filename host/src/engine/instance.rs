@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 
 use peregrine_sdk as sdk;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ComponentType, Func, Lower, ResourceTable, TypedFunc};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -156,36 +156,168 @@ impl imports::state::Host for StoreData {
     }
 }
 
-/// An event converted once into the record that crosses the boundary, in the
-/// two shapes modules may ask for.
-pub struct PreparedEvent {
-    lite: wit::Event,
-    full: Option<wit::Event>,
+/// An event ready to cross into modules. The record is lowered straight
+/// from the decoded event's own strings into the guest's memory, with no
+/// owned copy in between (building one copied every string of every event,
+/// which cost as much as the lowering itself). The fields are exactly those
+/// `AuditEvent::to_wit` builds for native tests, and the raw request and
+/// response objects go only to modules that ask for them.
+pub struct PreparedEvent<'a> {
+    ev: &'a sdk::audit::AuditEvent,
+    tenant: &'a str,
+    time_unix_nanos: i64,
+    annotations: Vec<(&'a str, &'a str)>,
+    extra: Vec<(&'a str, &'a [String])>,
+    impersonated_extra: Vec<(&'a str, &'a [String])>,
 }
 
-impl PreparedEvent {
-    /// `with_raw` builds the variant carrying the request and response
-    /// objects too; do so only when some module needs them.
-    pub fn new(ev: &sdk::audit::AuditEvent, tenant: &str, with_raw: bool) -> Self {
+impl<'a> PreparedEvent<'a> {
+    pub fn new(ev: &'a sdk::audit::AuditEvent, tenant: &'a str) -> Self {
+        let pairs = |m: &'a std::collections::BTreeMap<String, Vec<String>>| {
+            m.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect()
+        };
         PreparedEvent {
-            lite: ev.to_wit(tenant, false, false).into(),
-            full: with_raw.then(|| ev.to_wit(tenant, true, true).into()),
+            ev,
+            tenant,
+            time_unix_nanos: ev.time_unix_nanos().unwrap_or(0),
+            annotations: ev.annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            extra: pairs(&ev.user.extra),
+            impersonated_extra: ev.impersonated_user.as_ref().map(|u| pairs(&u.extra)).unwrap_or_default(),
         }
     }
 
-    fn record(&self, needs_raw: bool) -> &wit::Event {
-        if needs_raw {
-            self.full.as_ref().unwrap_or(&self.lite)
-        } else {
-            &self.lite
+    fn record(&self, needs_raw: bool) -> EventRecord<'_> {
+        let ev = self.ev;
+        fn user<'s>(u: &'s sdk::audit::AuditUser, extra: &'s [(&'s str, &'s [String])]) -> UserRecord<'s> {
+            UserRecord {
+                username: &u.username,
+                uid: u.uid.as_deref(),
+                groups: &u.groups,
+                extra,
+            }
+        }
+        let raw = |r: &'a Option<Box<serde_json::value::RawValue>>| {
+            if needs_raw { r.as_deref().map(|r| r.get()) } else { None }
+        };
+        EventRecord {
+            tenant: self.tenant,
+            audit_id: &ev.audit_id,
+            stage: &ev.stage,
+            level: &ev.level,
+            verb: &ev.verb,
+            request_uri: &ev.request_uri,
+            user: user(&ev.user, &self.extra),
+            impersonated_user: ev.impersonated_user.as_ref().map(|u| user(u, &self.impersonated_extra)),
+            source_ips: &ev.source_ips,
+            user_agent: ev.user_agent.as_deref(),
+            object_ref: ev.object_ref.as_ref().map(|o| ObjectRefRecord {
+                resource: o.resource.as_deref(),
+                subresource: o.subresource.as_deref(),
+                namespace: o.namespace.as_deref(),
+                name: o.name.as_deref(),
+                uid: o.uid.as_deref(),
+                api_group: o.api_group.as_deref(),
+                api_version: o.api_version.as_deref(),
+                resource_version: o.resource_version.as_deref(),
+            }),
+            response_status: ev.response_status.as_ref().map(|s| StatusRecord {
+                code: s.code,
+                status: s.status.as_deref(),
+                reason: s.reason.as_deref(),
+                message: s.message.as_deref(),
+            }),
+            request_received_timestamp: ev.request_received_timestamp.as_deref(),
+            stage_timestamp: ev.stage_timestamp.as_deref(),
+            time_unix_nanos: self.time_unix_nanos,
+            annotations: &self.annotations,
+            request_object: raw(&ev.request_object),
+            response_object: raw(&ev.response_object),
         }
     }
 }
+
+// Borrowing mirrors of the WIT records `user-info`, `object-ref`,
+// `response-status` and `event`. wasmtime checks them against the
+// component's `evaluate` signature when an instance is created.
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct UserRecord<'a> {
+    username: &'a str,
+    uid: Option<&'a str>,
+    groups: &'a [String],
+    extra: &'a [(&'a str, &'a [String])],
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct ObjectRefRecord<'a> {
+    resource: Option<&'a str>,
+    subresource: Option<&'a str>,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+    uid: Option<&'a str>,
+    #[component(name = "api-group")]
+    api_group: Option<&'a str>,
+    #[component(name = "api-version")]
+    api_version: Option<&'a str>,
+    #[component(name = "resource-version")]
+    resource_version: Option<&'a str>,
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct StatusRecord<'a> {
+    code: Option<i32>,
+    status: Option<&'a str>,
+    reason: Option<&'a str>,
+    message: Option<&'a str>,
+}
+
+#[derive(ComponentType, Lower)]
+#[component(record)]
+struct EventRecord<'a> {
+    tenant: &'a str,
+    #[component(name = "audit-id")]
+    audit_id: &'a str,
+    stage: &'a str,
+    level: &'a str,
+    verb: &'a str,
+    #[component(name = "request-uri")]
+    request_uri: &'a str,
+    user: UserRecord<'a>,
+    #[component(name = "impersonated-user")]
+    impersonated_user: Option<UserRecord<'a>>,
+    #[component(name = "source-ips")]
+    source_ips: &'a [String],
+    #[component(name = "user-agent")]
+    user_agent: Option<&'a str>,
+    #[component(name = "object-ref")]
+    object_ref: Option<ObjectRefRecord<'a>>,
+    #[component(name = "response-status")]
+    response_status: Option<StatusRecord<'a>>,
+    #[component(name = "request-received-timestamp")]
+    request_received_timestamp: Option<&'a str>,
+    #[component(name = "stage-timestamp")]
+    stage_timestamp: Option<&'a str>,
+    #[component(name = "time-unix-nanos")]
+    time_unix_nanos: i64,
+    annotations: &'a [(&'a str, &'a str)],
+    #[component(name = "request-object")]
+    request_object: Option<&'a str>,
+    #[component(name = "response-object")]
+    response_object: Option<&'a str>,
+}
+
+/// `evaluate` with the borrowing parameter type.
+type EvaluateFunc<'a> = TypedFunc<(EventRecord<'a>,), (Vec<wit::Alert>,)>;
 
 /// A live instance of a rule module with its own store.
 pub struct ModuleInstance {
     store: Store<StoreData>,
     bindings: bindings::RuleModule,
+    /// The `evaluate` export, type-checked against [`EventRecord`].
+    evaluate: Func,
     limits: SandboxLimits,
     deadline_ticks: u64,
     stderr: MemoryOutputPipe,
@@ -230,7 +362,15 @@ impl ModuleInstance {
         store.epoch_deadline_trap();
         let deadline_ticks = (limits.call_deadline.as_nanos() as u64).div_ceil(tick_nanos).max(1);
         store.set_epoch_deadline(deadline_ticks.saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)));
-        let bindings = match pre.instantiate(&mut store) {
+        let instantiated = pre.instance_pre().instantiate(&mut store).and_then(|instance| {
+            let bindings = bindings::RuleModule::new(&mut store, &instance)?;
+            let evaluate = instance
+                .get_func(&mut store, "evaluate")
+                .ok_or_else(|| wasmtime::format_err!("the component exports no `evaluate`"))?;
+            evaluate.typed::<(EventRecord<'static>,), (Vec<wit::Alert>,)>(&store)?;
+            Ok((bindings, evaluate))
+        });
+        let (bindings, evaluate) = match instantiated {
             Ok(b) => b,
             Err(e) => {
                 let err = classify(&store, &stderr, limits, e);
@@ -243,6 +383,7 @@ impl ModuleInstance {
         Ok(ModuleInstance {
             store,
             bindings,
+            evaluate,
             limits,
             deadline_ticks,
             stderr,
@@ -276,11 +417,13 @@ impl ModuleInstance {
             .map_err(|e| self.fail(e))
     }
 
-    pub fn evaluate(&mut self, event: &PreparedEvent, needs_raw: bool) -> Result<Vec<sdk::Alert>, CallError> {
+    pub fn evaluate(&mut self, event: &PreparedEvent<'_>, needs_raw: bool) -> Result<Vec<sdk::Alert>, CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
-        let alerts = self
-            .bindings
-            .call_evaluate(&mut self.store, event.record(needs_raw))
+        // SAFETY: `new` type-checked this function against `EvaluateFunc`;
+        // the types differ from that check only in their lifetime.
+        let func: EvaluateFunc<'_> = unsafe { TypedFunc::new_unchecked(self.evaluate) };
+        let (alerts,) = func
+            .call(&mut self.store, (event.record(needs_raw),))
             .map_err(|e| self.fail(e))?;
         if alerts.len() > self.limits.max_alerts_per_event {
             return Err(CallError::OutputTooLarge(format!(
@@ -327,4 +470,77 @@ fn classify(store: &Store<StoreData>, stderr: &MemoryOutputPipe, limits: Sandbox
         msg.push_str(captured);
     }
     CallError::Trap(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVENT: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse",
+        "auditID":"a-1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/ns/pods?x=1",
+        "verb":"create","user":{"username":"alice","uid":"u1","groups":["g1","g2"],"extra":{"k":["v1","v2"],"a":["b"]}},
+        "impersonatedUser":{"username":"bob","groups":["g3"],"extra":{"z":["y"]}},
+        "sourceIPs":["10.0.0.1"],"userAgent":"kubectl",
+        "objectRef":{"resource":"pods","subresource":"exec","namespace":"ns","name":"p","uid":"o1",
+            "apiGroup":"","apiVersion":"v1","resourceVersion":"7"},
+        "responseStatus":{"metadata":{},"code":201,"status":"Success","reason":"r","message":"m"},
+        "requestObject":{"spec":{"containers":[{"image":"nginx"}]}},"responseObject":{"metadata":{"name":"p"}},
+        "requestReceivedTimestamp":"2024-01-01T00:00:00.000001Z","stageTimestamp":"2024-01-01T00:00:01.5Z",
+        "annotations":{"authorization.k8s.io/decision":"allow","b":"c"}}"#;
+
+    /// The borrowed record carries exactly what `AuditEvent::to_wit` builds
+    /// for native tests, so a rule sees the same event in both places.
+    #[test]
+    fn borrowed_record_matches_to_wit() {
+        let ev: sdk::audit::AuditEvent = serde_json::from_str(EVENT).unwrap();
+        let prepared = PreparedEvent::new(&ev, "tenant-a");
+        for raw in [false, true] {
+            let r = prepared.record(raw);
+            let w = ev.to_wit("tenant-a", raw, raw);
+            assert_eq!(r.tenant, w.tenant);
+            assert_eq!(r.audit_id, w.audit_id);
+            assert_eq!(r.stage, w.stage);
+            assert_eq!(r.level, w.level);
+            assert_eq!(r.verb, w.verb);
+            assert_eq!(r.request_uri, w.request_uri);
+            let same_user = |r: &UserRecord<'_>, w: &sdk::UserInfo| {
+                assert_eq!(r.username, w.username);
+                assert_eq!(r.uid, w.uid.as_deref());
+                assert_eq!(r.groups, w.groups.as_slice());
+                let extra: Vec<(String, Vec<String>)> =
+                    r.extra.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+                assert_eq!(extra, w.extra);
+            };
+            same_user(&r.user, &w.user);
+            same_user(r.impersonated_user.as_ref().unwrap(), w.impersonated_user.as_ref().unwrap());
+            assert_eq!(r.source_ips, w.source_ips.as_slice());
+            assert_eq!(r.user_agent, w.user_agent.as_deref());
+            let (o, wo) = (r.object_ref.as_ref().unwrap(), w.object_ref.as_ref().unwrap());
+            assert_eq!(
+                [o.resource, o.subresource, o.namespace, o.name, o.uid, o.api_group, o.api_version, o.resource_version],
+                [
+                    wo.resource.as_deref(),
+                    wo.subresource.as_deref(),
+                    wo.namespace.as_deref(),
+                    wo.name.as_deref(),
+                    wo.uid.as_deref(),
+                    wo.api_group.as_deref(),
+                    wo.api_version.as_deref(),
+                    wo.resource_version.as_deref()
+                ]
+            );
+            let (s, ws) = (r.response_status.as_ref().unwrap(), w.response_status.as_ref().unwrap());
+            assert_eq!(s.code, ws.code);
+            assert_eq!([s.status, s.reason, s.message], [ws.status.as_deref(), ws.reason.as_deref(), ws.message.as_deref()]);
+            assert_eq!(r.request_received_timestamp, w.request_received_timestamp.as_deref());
+            assert_eq!(r.stage_timestamp, w.stage_timestamp.as_deref());
+            assert_eq!(r.time_unix_nanos, w.time_unix_nanos);
+            let annotations: Vec<(String, String)> =
+                r.annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            assert_eq!(annotations, w.annotations);
+            assert_eq!(r.request_object, w.request_object.as_deref());
+            assert_eq!(r.response_object, w.response_object.as_deref());
+            assert_eq!(r.request_object.is_some(), raw);
+        }
+    }
 }

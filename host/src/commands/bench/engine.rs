@@ -219,6 +219,8 @@ pub(crate) struct ModuleCost {
     pub calls: u64,
     pub skipped: u64,
     pub eval_nanos: u64,
+    /// Building the event record that crosses into the module.
+    pub prepare_nanos: u64,
     /// Fresh instance plus `configure`, once per batch.
     pub setup_nanos: u64,
     pub batches: u64,
@@ -251,6 +253,7 @@ pub(crate) fn breakdown(env: &BenchEnv, stream: &Stream) -> anyhow::Result<Break
             calls: 0,
             skipped: 0,
             eval_nanos: 0,
+            prepare_nanos: 0,
             setup_nanos: 0,
             batches: 0,
             alerts: 0,
@@ -281,7 +284,9 @@ pub(crate) fn breakdown(env: &BenchEnv, stream: &Stream) -> anyhow::Result<Break
                         instance.insert(i)
                     }
                 };
-                let prepared = PreparedEvent::new(ev, &tenant, needs_raw);
+                let t = Instant::now();
+                let prepared = PreparedEvent::new(ev, &tenant);
+                mc.prepare_nanos += t.elapsed().as_nanos() as u64;
                 let t = Instant::now();
                 let result = inst.evaluate(&prepared, needs_raw);
                 let nanos = t.elapsed().as_nanos() as u64;

@@ -203,21 +203,23 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  {:<28} {:>9} {:>9} {:>10} {:>12} {:>8}",
-            "module", "calls", "skipped", "us/call", "setup us/batch", "alerts"
+            "  {:<28} {:>9} {:>9} {:>10} {:>10} {:>14} {:>8}",
+            "module", "calls", "skipped", "us/call", "record us", "setup us/batch", "alerts"
         );
         let mut modules = Vec::new();
         for m in &b.modules {
             let per_call = m.eval_nanos as f64 / m.calls.max(1) as f64 / 1000.0;
             let setup = m.setup_nanos as f64 / m.batches.max(1) as f64 / 1000.0;
+            let record = m.prepare_nanos as f64 / m.calls.max(1) as f64 / 1000.0;
             let _ = writeln!(
                 s,
-                "  {:<28} {:>9} {:>9} {:>10.2} {:>12.1} {:>8}",
-                m.module, m.calls, m.skipped, per_call, setup, m.alerts
+                "  {:<28} {:>9} {:>9} {:>10.2} {:>10.2} {:>14.1} {:>8}",
+                m.module, m.calls, m.skipped, per_call, record, setup, m.alerts
             );
             modules.push(json!({
                 "module": m.module, "calls": m.calls, "skipped_by_prefilter": m.skipped,
-                "us_per_call": num(per_call), "setup_us_per_batch": num(setup), "alerts": m.alerts,
+                "us_per_call": num(per_call), "record_us_per_call": num(record),
+                "setup_us_per_batch": num(setup), "alerts": m.alerts,
             }));
         }
         let total: f64 = b.rules.iter().map(|r| r.nanos).sum::<f64>().max(1.0);
