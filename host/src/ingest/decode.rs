@@ -122,6 +122,12 @@ fn decode_item(item: &RawValue, index: usize, max_event_bytes: usize, list_allow
                     ),
                 );
             }
+            // The plain decoder first: tracking the path costs about a third
+            // of the decoding time, and is only needed to explain a failure.
+            if let Ok(ev) = serde_json::from_str::<AuditEvent>(item.get()) {
+                out.events.push(ev);
+                return;
+            }
             let mut de = serde_json::Deserializer::from_str(item.get());
             match serde_path_to_error::deserialize::<_, AuditEvent>(&mut de) {
                 Ok(ev) => out.events.push(ev),

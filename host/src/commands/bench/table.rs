@@ -398,32 +398,46 @@ impl Report {
 
     pub fn peer(&mut self, f: PeerFigures) {
         self.row(
-            format!("Peer: Peregrine, {} Falco rules", f.rules),
+            format!("Peer: Peregrine, {} Falco rules, from JSON", f.rules),
             eps(f.peregrine_eps),
             "",
             String::new(),
         );
         self.row(
-            format!("Peer: regorus, same {} rules in Rego", f.rules),
+            format!("Peer: regorus ({}), same rules, from JSON", f.regorus_mode),
             eps(f.regorus_eps),
             "",
             String::new(),
         );
         self.row(
-            "Peer: Peregrine / regorus",
+            "Peer: Peregrine / regorus, from JSON",
             format!("{:.1}x", f.ratio),
             ">= 5x",
             verdict(f.ratio, 5.0, true),
         );
+        self.row(
+            "Peer: Peregrine / regorus, evaluation only",
+            format!("{:.1}x", f.eval_ratio),
+            ">= 5x",
+            verdict(f.eval_ratio, 5.0, true),
+        );
         self.agreement(f.alerts_peregrine == f.alerts_regorus);
         self.notes.push(format!(
-            "peer: {} events, {} alerts from Peregrine, {} from regorus.",
-            f.events, f.alerts_peregrine, f.alerts_regorus
+            "peer: {} events, {} alerts from Peregrine, {} from regorus; evaluation only (JSON parsing timed apart on both sides): Peregrine {}, regorus {}.",
+            f.events,
+            f.alerts_peregrine,
+            f.alerts_regorus,
+            eps(f.peregrine_eval_eps),
+            eps(f.regorus_eval_eps)
         ));
         self.set("peer_regorus_eps", num(f.regorus_eps));
         self.set("peer_peregrine_eps", num(f.peregrine_eps));
         self.set("peer_ratio", num(f.ratio));
+        self.set("peer_regorus_eval_eps", num(f.regorus_eval_eps));
+        self.set("peer_peregrine_eval_eps", num(f.peregrine_eval_eps));
+        self.set("peer_eval_ratio", num(f.eval_ratio));
         self.set("peer_rules", json!(f.rules));
+        self.set("peer_regorus_mode", json!(f.regorus_mode));
     }
 
     pub fn skipped(&mut self, figure: &str, e: anyhow::Error) {
