@@ -11,8 +11,13 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The shared audit corpus: `$PEREGRINE_AUDIT_CORPUS`, else
+/// `../shared/audit-corpus` next to the checkout.
 fn corpus(name: &str) -> PathBuf {
-    root().join("../shared/audit-corpus").join(name)
+    std::env::var_os("PEREGRINE_AUDIT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/audit-corpus"))
+        .join(name)
 }
 
 fn peregrine(args: &[&str]) -> Command {

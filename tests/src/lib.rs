@@ -46,9 +46,12 @@ fn built(dir: &Path, stem: &str) -> PathBuf {
     p
 }
 
-/// `../shared/audit-corpus`, next to the checkout.
+/// The shared audit corpus: `$PEREGRINE_AUDIT_CORPUS`, else
+/// `../shared/audit-corpus` next to the checkout.
 pub fn corpus() -> PathBuf {
-    let p = root().join("../shared/audit-corpus");
+    let p = std::env::var_os("PEREGRINE_AUDIT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/audit-corpus"));
     assert!(p.is_dir(), "the audit corpus is missing at {}", p.display());
     p
 }
