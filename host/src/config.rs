@@ -44,6 +44,8 @@ pub struct ServerConfig {
     /// Events remembered to drop duplicates by (auditID, stage), which the
     /// apiserver sends when it retries a batch.
     pub dedup_capacity: usize,
+    /// Serve HTTPS instead of HTTP (and optionally require client certificates).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +56,7 @@ impl Default for ServerConfig {
             max_event_bytes: 3 << 20,
             queue_events: 100_000,
             dedup_capacity: 100_000,
+            tls: None,
         }
     }
 }
