@@ -19,3 +19,4 @@ pub mod rules;
 pub mod server;
 pub mod telemetry;
 pub mod tenants;
+pub mod tls;

@@ -19,7 +19,9 @@ use serde::Serialize;
 
 use crate::config::PeregrineConfig;
 use crate::evaluate::QUARANTINE_AFTER;
-use crate::rules::{LoadedModule, ModuleLoader, ModuleStats, RuleSet, Scope, discover_modules};
+use crate::rules::{
+    LoadFailure, LoadedModule, ModuleLoader, ModuleStats, RuleSet, Scope, discover_modules,
+};
 use crate::tenants::Tenants;
 
 /// Quiet time after the last change to a file before it is loaded: editors
@@ -166,17 +168,20 @@ impl RuleManager {
 
     /// (Re)loads one file if its content changed since the last attempt.
     pub fn load_file(&self, scope: &Scope, path: &Path) {
-        let digest = match std::fs::read(path) {
-            Ok(bytes) => crate::rules::digest_of(&bytes),
+        let bytes = match crate::rules::read_module(path) {
+            Ok(bytes) => bytes,
+            Err(LoadFailure::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                self.unload(scope, path);
+                return;
+            }
             Err(e) => {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    self.unload(scope, path);
-                } else {
-                    self.record_failure(scope, path, None, format!("cannot read {}: {e}", path.display()));
-                }
+                self.record_failure(scope, path, None, e.to_string());
                 return;
             }
         };
+        let digest = crate::rules::digest_of(&bytes);
         let key = (scope.clone(), path.to_path_buf());
         if self
             .lock()
@@ -208,9 +213,14 @@ impl RuleManager {
                 (json, limits)
             }
         };
-        limits.memory_bytes = limits.memory_bytes.min(self.loader.engine().options().max_memory_bytes);
+        limits.memory_bytes = limits
+            .memory_bytes
+            .min(self.loader.engine().options().max_memory_bytes);
         let started = Instant::now();
-        match self.loader.load(path, scope.clone(), &config_json, limits) {
+        match self
+            .loader
+            .load(path, &bytes, scope.clone(), &config_json, limits)
+        {
             Ok(mut module) => {
                 let mut entries = self.lock();
                 let entry = entries.entry(key).or_insert_with(|| Entry {
@@ -229,7 +239,8 @@ impl RuleManager {
                 entry.attempted_digest = Some(digest);
                 self.publish(&entries);
                 metrics::counter!("peregrine_module_loads_total", "result" => "ok").increment(1);
-                metrics::histogram!("peregrine_module_load_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("peregrine_module_load_seconds")
+                    .record(started.elapsed().as_secs_f64());
             }
             Err(e) => {
                 let kept = self.lock().get(&key).is_some_and(|e| e.live.is_some());
@@ -256,7 +267,9 @@ impl RuleManager {
             .filter(|((s, p), e)| s == scope && p != path && e.live.is_some())
             .count();
         if others >= max {
-            return Err(format!("tenant `{t}` already has {others} modules, its quota is {max}"));
+            return Err(format!(
+                "tenant `{t}` already has {others} modules, its quota is {max}"
+            ));
         }
         Ok(())
     }
@@ -280,11 +293,11 @@ impl RuleManager {
     /// Removes a module whose file is gone.
     pub fn unload(&self, scope: &Scope, path: &Path) {
         let mut entries = self.lock();
-        if let Some(e) = entries.remove(&(scope.clone(), path.to_path_buf())) {
-            if e.live.is_some() {
-                tracing::info!(module = %path.display(), "module unloaded: its file was removed");
-                self.publish(&entries);
-            }
+        if let Some(e) = entries.remove(&(scope.clone(), path.to_path_buf()))
+            && e.live.is_some()
+        {
+            tracing::info!(module = %path.display(), "module unloaded: its file was removed");
+            self.publish(&entries);
         }
     }
 
@@ -292,8 +305,12 @@ impl RuleManager {
     fn publish(&self, entries: &BTreeMap<(Scope, PathBuf), Entry>) {
         let generation = self.current.load().generation + 1;
         let modules = entries.values().filter_map(|e| e.live.clone()).collect();
-        self.current.store(Arc::new(RuleSet { modules, generation }));
-        metrics::gauge!("peregrine_modules_live").set(entries.values().filter(|e| e.live.is_some()).count() as f64);
+        self.current.store(Arc::new(RuleSet {
+            modules,
+            generation,
+        }));
+        metrics::gauge!("peregrine_modules_live")
+            .set(entries.values().filter(|e| e.live.is_some()).count() as f64);
     }
 
     /// Status of every module file, for the API.
@@ -305,7 +322,10 @@ impl RuleManager {
                 let m = e.live.as_deref();
                 let status = match m {
                     None => ModuleStatus::Failed,
-                    Some(m) if m.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER => {
+                    Some(m)
+                        if m.stats.consecutive_errors.load(Ordering::Relaxed)
+                            >= QUARANTINE_AFTER =>
+                    {
                         ModuleStatus::Quarantined
                     }
                     Some(_) => ModuleStatus::Live,
@@ -349,7 +369,8 @@ impl RuleManager {
                     last_attempt: rfc3339(e.last_attempt),
                     evaluations,
                     errors,
-                    mean_eval_micros: (evaluations > 0).then(|| nanos as f64 / evaluations as f64 / 1_000.0),
+                    mean_eval_micros: (evaluations > 0)
+                        .then(|| nanos as f64 / evaluations as f64 / 1_000.0),
                     rules,
                 }
             })
@@ -371,7 +392,9 @@ impl RuleManager {
             .name("peregrine-reload".into())
             .spawn(move || {
                 for result in rx {
-                    let Some(manager) = manager.upgrade() else { break };
+                    let Some(manager) = manager.upgrade() else {
+                        break;
+                    };
                     let events = match result {
                         Ok(events) => events,
                         Err(errors) => {
@@ -389,10 +412,15 @@ impl RuleManager {
                     touched.sort();
                     touched.dedup();
                     for path in touched {
-                        let Some(dir) = manager.dirs.iter().find(|d| path.parent() == Some(d.path.as_path())) else {
+                        let Some(dir) = manager
+                            .dirs
+                            .iter()
+                            .find(|d| path.parent() == Some(d.path.as_path()))
+                        else {
                             continue;
                         };
-                        let _span = tracing::info_span!("reload", module = %path.display()).entered();
+                        let _span =
+                            tracing::info_span!("reload", module = %path.display()).entered();
                         manager.load_file(&dir.scope, &path);
                     }
                 }
@@ -406,15 +434,22 @@ impl RuleManager {
 
 fn carry_stats(old: &ModuleStats) -> Arc<ModuleStats> {
     let new = ModuleStats::default();
-    new.evaluations.store(old.evaluations.load(Ordering::Relaxed), Ordering::Relaxed);
-    new.errors.store(old.errors.load(Ordering::Relaxed), Ordering::Relaxed);
-    new.eval_nanos.store(old.eval_nanos.load(Ordering::Relaxed), Ordering::Relaxed);
-    *new.rules.lock().unwrap_or_else(|p| p.into_inner()) = old.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    new.evaluations
+        .store(old.evaluations.load(Ordering::Relaxed), Ordering::Relaxed);
+    new.errors
+        .store(old.errors.load(Ordering::Relaxed), Ordering::Relaxed);
+    new.eval_nanos
+        .store(old.eval_nanos.load(Ordering::Relaxed), Ordering::Relaxed);
+    *new.rules.lock().unwrap_or_else(|p| p.into_inner()) =
+        old.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Arc::new(new)
 }
 
 /// Keeps the watcher running.
 pub struct RulesWatcher {
-    _debouncer: notify_debouncer_full::Debouncer<notify_debouncer_full::notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
+    _debouncer: notify_debouncer_full::Debouncer<
+        notify_debouncer_full::notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
     _thread: std::thread::JoinHandle<()>,
 }

@@ -5,17 +5,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
+/// The shared audit corpus: `$PEREGRINE_AUDIT_CORPUS`, else
+/// `../shared/audit-corpus` next to the checkout.
 fn corpus(name: &str) -> PathBuf {
-    root().join("../shared/audit-corpus").join(name)
+    std::env::var_os("PEREGRINE_AUDIT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/audit-corpus"))
+        .join(name)
 }
 
 fn peregrine(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_peregrine"));
     c.args(args)
-        .env("PEREGRINE_CACHE_DIR", root().join("target/test-compile-cache"))
+        .env(
+            "PEREGRINE_CACHE_DIR",
+            root().join("target/test-compile-cache"),
+        )
         .env("PEREGRINE_LOG", "warn");
     c
 }
@@ -46,12 +57,27 @@ fn help_describes_every_command_and_option() {
     }
     let out = run(&["replay", "--help"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    for word in ["--rules", "--config", "--rule-matching", "--format", "--tenant", "first", "all", "stdin"] {
+    for word in [
+        "--rules",
+        "--config",
+        "--rule-matching",
+        "--format",
+        "--tenant",
+        "first",
+        "all",
+        "stdin",
+    ] {
         assert!(text.contains(word), "replay --help lacks {word}:\n{text}");
     }
     let out = run(&["serve", "--help"]);
     let text = String::from_utf8(out.stdout).unwrap();
-    for word in ["--listen", "--rules", "--config", "127.0.0.1:8765", "--no-watch"] {
+    for word in [
+        "--listen",
+        "--rules",
+        "--config",
+        "127.0.0.1:8765",
+        "--no-watch",
+    ] {
         assert!(text.contains(word), "serve --help lacks {word}:\n{text}");
     }
 }
@@ -68,18 +94,36 @@ fn replay_prints_what_falco_prints_for_a_corpus_file() {
     assert_eq!(a["priority"], "Warning");
     assert_eq!(a["source"], "k8s_audit");
     assert_eq!(a["output_fields"]["ka.user.name"], "system:anonymous");
-    assert!(stderr(&out).contains("replayed 1 events"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("replayed 1 events"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(&["replay", "--rule-matching", "all", file.to_str().unwrap()]);
-    let mut rules: Vec<String> = stdout_alerts(&out).iter().map(|a| a["rule"].as_str().unwrap().to_string()).collect();
+    let mut rules: Vec<String> = stdout_alerts(&out)
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap().to_string())
+        .collect();
     rules.sort();
-    assert_eq!(rules, ["Anonymous Request Allowed", "Create Disallowed Namespace", "K8s Namespace Created"]);
+    assert_eq!(
+        rules,
+        [
+            "Anonymous Request Allowed",
+            "Create Disallowed Namespace",
+            "K8s Namespace Created"
+        ]
+    );
 }
 
 #[test]
 fn replay_reads_directories_and_reports_bad_inputs_without_stopping() {
     let out = run(&["replay", corpus("falco").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1), "fal_01_003.json is not audit data");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "fal_01_003.json is not audit data"
+    );
     let err = stderr(&out);
     assert!(
         err.contains("fal_01_003.json: data not recognized as a k8s audit event"),
@@ -88,7 +132,11 @@ fn replay_reads_directories_and_reports_bad_inputs_without_stopping() {
     assert!(err.contains("replayed 51 events from 47 input(s)"), "{err}");
     let alerts = stdout_alerts(&out);
     assert!(alerts.len() >= 40, "{} alerts", alerts.len());
-    assert!(alerts.iter().any(|a| a["rule"] == "Create/Modify Configmap With Private Credentials"));
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a["rule"] == "Create/Modify Configmap With Private Credentials")
+    );
 }
 
 #[test]
@@ -105,7 +153,10 @@ fn replay_reads_stdin_and_writes_text() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
     assert_eq!(text.lines().count(), 1);
-    assert!(text.contains("Warning") && text.contains("Create Privileged Pod"), "{text}");
+    assert!(
+        text.contains("Warning") && text.contains("Create Privileged Pod"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -115,7 +166,9 @@ fn replay_of_a_real_v1beta1_cluster_log_raises_the_rbac_activity_alerts() {
     assert!(out.status.success(), "{}", stderr(&out));
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
     for a in stdout_alerts(&out) {
-        *counts.entry(a["rule"].as_str().unwrap().to_string()).or_default() += 1;
+        *counts
+            .entry(a["rule"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     let want: std::collections::BTreeMap<String, usize> = [
         ("K8s ClusterRole Created", 11),
@@ -136,7 +189,11 @@ fn replay_of_a_real_v1beta1_cluster_log_raises_the_rbac_activity_alerts() {
     let out = run(&["replay", v1.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout_alerts(&out).is_empty());
-    assert!(stderr(&out).contains("replayed 37 events"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("replayed 37 events"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -150,9 +207,17 @@ fn module_configuration_comes_from_the_config_file() {
     )
     .unwrap();
     let file = corpus("falco/anonymous_creates_namespace_foo.json");
-    let out = run(&["replay", "-c", config.to_str().unwrap(), file.to_str().unwrap()]);
+    let out = run(&[
+        "replay",
+        "-c",
+        config.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rules: Vec<String> = stdout_alerts(&out).iter().map(|a| a["rule"].as_str().unwrap().to_string()).collect();
+    let rules: Vec<String> = stdout_alerts(&out)
+        .iter()
+        .map(|a| a["rule"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(rules, ["Anonymous Request Allowed"]);
 }
 
@@ -164,17 +229,31 @@ fn bad_configuration_and_paths_get_clear_errors() {
     let out = run(&["replay", "-c", config.to_str().unwrap(), "-"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("invalid config file") && err.contains("listen"), "{err}");
+    assert!(
+        err.contains("invalid config file") && err.contains("listen"),
+        "{err}"
+    );
 
-    std::fs::write(&config, "[modules.falco_k8s_audit]\nactivity_rulez = false\n").unwrap();
+    std::fs::write(
+        &config,
+        "[modules.falco_k8s_audit]\nactivity_rulez = false\n",
+    )
+    .unwrap();
     let out = run(&["replay", "-c", config.to_str().unwrap(), "-"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("falco_k8s_audit") && err.contains("activity_rulez"), "{err}");
+    assert!(
+        err.contains("falco_k8s_audit") && err.contains("activity_rulez"),
+        "{err}"
+    );
 
     let out = run(&["replay", "/no/such/file.json"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("/no/such/file.json"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/no/such/file.json"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = run(&["replay", "--rules", "/no/such/dir", "-"]);
     assert_eq!(out.status.code(), Some(1));

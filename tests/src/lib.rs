@@ -15,7 +15,10 @@ use peregrine::rules::Scope;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A module built by `scripts/build-rules.sh` from `example-rules/`.
@@ -43,9 +46,12 @@ fn built(dir: &Path, stem: &str) -> PathBuf {
     p
 }
 
-/// `../shared/audit-corpus`, next to the checkout.
+/// The shared audit corpus: `$PEREGRINE_AUDIT_CORPUS`, else
+/// `../shared/audit-corpus` next to the checkout.
 pub fn corpus() -> PathBuf {
-    let p = root().join("../shared/audit-corpus");
+    let p = std::env::var_os("PEREGRINE_AUDIT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/audit-corpus"));
     assert!(p.is_dir(), "the audit corpus is missing at {}", p.display());
     p
 }
@@ -108,7 +114,10 @@ impl Collector {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}; alerts so far: {:#?}",
-                alerts.iter().map(|a| (&a.rule, &a.audit_id, &a.tenant)).collect::<Vec<_>>()
+                alerts
+                    .iter()
+                    .map(|a| (&a.rule, &a.audit_id, &a.tenant))
+                    .collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -136,7 +145,10 @@ impl TestServer {
         Self::start_with(config, vec![(Scope::Global, dir)]).await
     }
 
-    pub async fn start_with(config: PeregrineConfig, dirs: Vec<(Scope, tempfile::TempDir)>) -> TestServer {
+    pub async fn start_with(
+        config: PeregrineConfig,
+        dirs: Vec<(Scope, tempfile::TempDir)>,
+    ) -> TestServer {
         let alerts = Collector::default();
         let rules_dirs = dirs
             .iter()
@@ -163,7 +175,11 @@ impl TestServer {
     }
 
     /// Posts a JSON body to the webhook path and returns status and JSON answer.
-    pub async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, serde_json::Value) {
+    pub async fn post(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
         let r = self
             .client
             .post(self.url(path))
@@ -212,7 +228,8 @@ pub fn events_of(path: &Path) -> Vec<serde_json::Value> {
 
 /// An EventList of `events`.
 pub fn event_list(events: &[serde_json::Value]) -> String {
-    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": events}).to_string()
+    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": events})
+        .to_string()
 }
 
 /// A minimal valid audit event.
@@ -281,10 +298,18 @@ pub fn evaluate_file(
         scope: Scope::Global,
         path: dir.path().canonicalize().unwrap(),
     }];
-    let pipeline = peregrine::pipeline::Pipeline::start(Arc::new(config), dirs, Arc::new(Collector::default()), true)
-        .expect("modules load");
-    let decoded = peregrine::ingest::replay::read_input(&peregrine::ingest::replay::Input::File(path.to_path_buf()), 3 << 20)
-        .expect("input readable");
+    let pipeline = peregrine::pipeline::Pipeline::start(
+        Arc::new(config),
+        dirs,
+        Arc::new(Collector::default()),
+        true,
+    )
+    .expect("modules load");
+    let decoded = peregrine::ingest::replay::read_input(
+        &peregrine::ingest::replay::Input::File(path.to_path_buf()),
+        3 << 20,
+    )
+    .expect("input readable");
     let (tx, rx) = crossbeam_channel::bounded(1);
     if !decoded.events.is_empty() {
         pipeline

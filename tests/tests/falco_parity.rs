@@ -42,7 +42,9 @@ fn run_case(case: &Value, trace_dir: &Path, overrides: &BTreeMap<String, Value>)
     }
     let mut config = test_config();
     config.rules.rule_matching = RuleMatching::First;
-    config.modules.insert(module.clone(), toml_table(&module_config));
+    config
+        .modules
+        .insert(module.clone(), toml_table(&module_config));
     let module_path: PathBuf = if module == "falco_k8s_audit" {
         example_module(&module)
     } else {
@@ -54,7 +56,9 @@ fn run_case(case: &Value, trace_dir: &Path, overrides: &BTreeMap<String, Value>)
     if case["trace_file"] == "fal_01_003.json" {
         let ok = alerts.is_empty()
             && rejected.len() == 1
-            && rejected[0].reason.starts_with("data not recognized as a k8s audit event");
+            && rejected[0]
+                .reason
+                .starts_with("data not recognized as a k8s audit event");
         return (!ok).then(|| format!("{name}: expected a clear rejection, got {rejected:?}"));
     }
     if !rejected.is_empty() {
@@ -70,17 +74,30 @@ fn run_case(case: &Value, trace_dir: &Path, overrides: &BTreeMap<String, Value>)
     for (rule, want) in case["detect_counts"].as_object().unwrap() {
         let n = got.get(rule.as_str()).copied().unwrap_or(0);
         if n as u64 != want.as_u64().unwrap() {
-            return Some(format!("{name}: {rule} x{n}, expected x{want}; all alerts: {got:?}"));
+            return Some(format!(
+                "{name}: {rule} x{n}, expected x{want}; all alerts: {got:?}"
+            ));
         }
     }
     if let Some(level) = case["detect_level"].as_str() {
         // Falco's rule files spell Informational as INFO.
-        let level = if level == "INFO" { "Informational" } else { level };
+        let level = if level == "INFO" {
+            "Informational"
+        } else {
+            level
+        };
         let detected: Vec<_> = alerts
             .iter()
-            .filter(|a| case["detect_counts"].get(&a.rule).is_some_and(|n| n.as_u64() > Some(0)))
+            .filter(|a| {
+                case["detect_counts"]
+                    .get(&a.rule)
+                    .is_some_and(|n| n.as_u64() > Some(0))
+            })
             .collect();
-        if detected.iter().any(|a| !a.priority.as_str().eq_ignore_ascii_case(level)) {
+        if detected
+            .iter()
+            .any(|a| !a.priority.as_str().eq_ignore_ascii_case(level))
+        {
             return Some(format!("{name}: expected priority {level}"));
         }
     }
@@ -92,19 +109,34 @@ fn run_suite(expectations: &Path, trace_dir: &Path, expected_cases: usize) {
     let cases = doc["cases"].as_array().unwrap();
     assert_eq!(cases.len(), expected_cases);
     let overrides = overrides();
-    let failures: Vec<String> = cases.iter().filter_map(|c| run_case(c, trace_dir, &overrides)).collect();
-    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|c| run_case(c, trace_dir, &overrides))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn falcos_66_regression_cases_pass_through_the_host() {
-    run_suite(&corpus().join("falco-expectations.json"), &corpus().join("falco"), 66);
+    run_suite(
+        &corpus().join("falco-expectations.json"),
+        &corpus().join("falco"),
+        66,
+    );
 }
 
 #[test]
 fn fixtures_for_rules_the_corpus_never_exercises_pass_through_the_host() {
     let dir = root().join("tests/fixtures/falco");
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("expectations.json")).unwrap()).unwrap();
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expectations.json")).unwrap())
+            .unwrap();
     let n = doc["cases"].as_array().unwrap().len();
     assert!(n >= 40, "only {n} fixture cases");
     run_suite(&dir.join("expectations.json"), &dir, n);

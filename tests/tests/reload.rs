@@ -18,7 +18,10 @@ async fn wait_for_digest(srv: &TestServer, key: &str, digest: &str) {
         {
             return;
         }
-        assert!(Instant::now() < deadline, "{key} never went live with {digest}: {rules}");
+        assert!(
+            Instant::now() < deadline,
+            "{key} never went live with {digest}: {rules}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -78,19 +81,35 @@ async fn replacing_a_module_under_load_evaluates_every_event_exactly_once() {
     poster.await.unwrap();
 
     let last = versions.last().unwrap().clone();
-    let (status, _) = srv.post("/k8s-audit", event("after-swaps", "get", "pods", "load").to_string()).await;
+    let (status, _) = srv
+        .post(
+            "/k8s-audit",
+            event("after-swaps", "get", "pods", "load").to_string(),
+        )
+        .await;
     assert_eq!(status, 200);
     let alerts = srv.shutdown().await;
 
     // Exactly once: one echo per event, none missing, none repeated.
     let mut per_event: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for a in &alerts {
-        per_event.entry(a.audit_id.as_str()).or_default().push(a.module_digest.as_str());
+        per_event
+            .entry(a.audit_id.as_str())
+            .or_default()
+            .push(a.module_digest.as_str());
     }
     assert_eq!(per_event.len(), total_batches * per_batch + 1);
     for (id, digests) in &per_event {
-        assert_eq!(digests.len(), 1, "event {id} evaluated {} times", digests.len());
-        assert!(versions.iter().any(|v| v == digests[0]), "event {id} by an unknown version");
+        assert_eq!(
+            digests.len(),
+            1,
+            "event {id} evaluated {} times",
+            digests.len()
+        );
+        assert!(
+            versions.iter().any(|v| v == digests[0]),
+            "event {id} by an unknown version"
+        );
     }
     // The swaps happened under load: several versions evaluated events.
     let used: BTreeSet<&str> = per_event.values().map(|d| d[0]).collect();
@@ -123,10 +142,25 @@ async fn a_broken_update_keeps_the_previous_version_and_deleting_unloads() {
     };
     assert_eq!(report["status"], "live");
     assert_eq!(report["digest"], good.as_str());
-    assert!(report["last_error"].as_str().unwrap().contains("not a valid WebAssembly component"), "{report}");
-    let (status, _) = srv.post("/k8s-audit", event("kept-1", "get", "pods", "a").to_string()).await;
+    assert!(
+        report["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component"),
+        "{report}"
+    );
+    let (status, _) = srv
+        .post(
+            "/k8s-audit",
+            event("kept-1", "get", "pods", "a").to_string(),
+        )
+        .await;
     assert_eq!(status, 200);
-    srv.alerts.wait_for("the old version's alert", |a| a.iter().any(|a| a.audit_id == "kept-1")).await;
+    srv.alerts
+        .wait_for("the old version's alert", |a| {
+            a.iter().any(|a| a.audit_id == "kept-1")
+        })
+        .await;
     assert_eq!(srv.alerts.alerts()[0].module_digest, good);
 
     // Deleting the file unloads the module.
@@ -136,7 +170,12 @@ async fn a_broken_update_keeps_the_previous_version_and_deleting_unloads() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (status, _) = srv.post("/k8s-audit", event("gone-1", "get", "pods", "a").to_string()).await;
+    let (status, _) = srv
+        .post(
+            "/k8s-audit",
+            event("gone-1", "get", "pods", "a").to_string(),
+        )
+        .await;
     assert_eq!(status, 200);
     let alerts = srv.shutdown().await;
     assert!(alerts.iter().all(|a| a.audit_id != "gone-1"));
@@ -144,7 +183,11 @@ async fn a_broken_update_keeps_the_previous_version_and_deleting_unloads() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_api_reports_modules_and_per_rule_counters() {
-    let srv = TestServer::start(test_config(), rules_dir(&[example_module("falco_k8s_audit")])).await;
+    let srv = TestServer::start(
+        test_config(),
+        rules_dir(&[example_module("falco_k8s_audit")]),
+    )
+    .await;
     let f = std::fs::read(corpus_file("create_nginx_pod_privileged.json")).unwrap();
     srv.post("/k8s-audit", f).await;
     srv.alerts.wait_for("an alert", |a| !a.is_empty()).await;
@@ -155,17 +198,28 @@ async fn rules_api_reports_modules_and_per_rule_counters() {
     assert_eq!(m["name"], "falco-k8s-audit");
     assert_eq!(m["digest"].as_str().unwrap().len(), 64);
     assert!(m["loaded_at"].as_str().is_some());
-    assert!(m["path"].as_str().unwrap().ends_with("falco_k8s_audit.wasm"));
+    assert!(
+        m["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("falco_k8s_audit.wasm")
+    );
     assert_eq!(m["evaluations"], 1);
     assert_eq!(m["errors"], 0);
     assert!(m["mean_eval_micros"].as_f64().unwrap() > 0.0);
     let rules_list = m["rules"].as_array().unwrap();
     assert_eq!(rules_list.len(), 48);
-    let privileged = rules_list.iter().find(|r| r["name"] == "Create Privileged Pod").unwrap();
+    let privileged = rules_list
+        .iter()
+        .find(|r| r["name"] == "Create Privileged Pod")
+        .unwrap();
     assert_eq!(privileged["alerts"], 1);
     assert_eq!(privileged["evaluations"], 1);
     assert_eq!(privileged["priority"], "Warning");
-    let off = rules_list.iter().find(|r| r["name"] == "Full K8s Administrative Access").unwrap();
+    let off = rules_list
+        .iter()
+        .find(|r| r["name"] == "Full K8s Administrative Access")
+        .unwrap();
     assert_eq!(off["enabled"], false);
     srv.shutdown().await;
 }

@@ -25,7 +25,12 @@ fn echo_dir(names: &[&str]) -> tempfile::TempDir {
     dir
 }
 
-async fn post_as(srv: &TestServer, path: &str, token: Option<&str>, body: String) -> reqwest::Response {
+async fn post_as(
+    srv: &TestServer,
+    path: &str,
+    token: Option<&str>,
+    body: String,
+) -> reqwest::Response {
     let mut req = srv
         .client
         .post(srv.url(path))
@@ -37,11 +42,21 @@ async fn post_as(srv: &TestServer, path: &str, token: Option<&str>, body: String
     req.send().await.unwrap()
 }
 
-async fn start(mut config: PeregrineConfig, a: tempfile::TempDir, b: tempfile::TempDir) -> TestServer {
+async fn start(
+    mut config: PeregrineConfig,
+    a: tempfile::TempDir,
+    b: tempfile::TempDir,
+) -> TestServer {
     // Tenant directories are given to the server directly; the config only
     // needs them for `serve`, which resolves them the same way.
-    config.tenants.entry("team-a".into()).or_insert_with(|| tenant(TOKEN_A));
-    config.tenants.entry("team-b".into()).or_insert_with(|| tenant(TOKEN_B));
+    config
+        .tenants
+        .entry("team-a".into())
+        .or_insert_with(|| tenant(TOKEN_A));
+    config
+        .tenants
+        .entry("team-b".into())
+        .or_insert_with(|| tenant(TOKEN_B));
     TestServer::start_with(
         config,
         vec![
@@ -57,14 +72,32 @@ async fn start(mut config: PeregrineConfig, a: tempfile::TempDir, b: tempfile::T
 async fn tenants_see_only_their_events_and_keep_separate_state() {
     let srv = start(test_config(), echo_dir(&["only_a"]), echo_dir(&["only_b"])).await;
     for i in 0..3 {
-        let r = post_as(&srv, "/k8s-audit/team-a", Some(TOKEN_A), event(&format!("a-{i}"), "get", "pods", "x").to_string()).await;
+        let r = post_as(
+            &srv,
+            "/k8s-audit/team-a",
+            Some(TOKEN_A),
+            event(&format!("a-{i}"), "get", "pods", "x").to_string(),
+        )
+        .await;
         assert_eq!(r.status(), 200);
     }
     for i in 0..2 {
-        let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), event(&format!("b-{i}"), "get", "pods", "x").to_string()).await;
+        let r = post_as(
+            &srv,
+            "/k8s-audit/team-b",
+            Some(TOKEN_B),
+            event(&format!("b-{i}"), "get", "pods", "x").to_string(),
+        )
+        .await;
         assert_eq!(r.status(), 200);
     }
-    let r = post_as(&srv, "/k8s-audit", None, event("d-0", "get", "pods", "x").to_string()).await;
+    let r = post_as(
+        &srv,
+        "/k8s-audit",
+        None,
+        event("d-0", "get", "pods", "x").to_string(),
+    )
+    .await;
     assert_eq!(r.status(), 200, "the default tenant is open by default");
     let alerts = srv.shutdown().await;
 
@@ -76,8 +109,14 @@ async fn tenants_see_only_their_events_and_keep_separate_state() {
         };
         assert_eq!(&*a.tenant, expected_tenant, "{a:?}");
         match a.module.as_str() {
-            "only_a" => assert_eq!(&*a.tenant, "team-a", "team-a's module saw another tenant's event"),
-            "only_b" => assert_eq!(&*a.tenant, "team-b", "team-b's module saw another tenant's event"),
+            "only_a" => assert_eq!(
+                &*a.tenant, "team-a",
+                "team-a's module saw another tenant's event"
+            ),
+            "only_b" => assert_eq!(
+                &*a.tenant, "team-b",
+                "team-b's module saw another tenant's event"
+            ),
             "fixture_echo" => {}
             m => panic!("unexpected module {m}"),
         }
@@ -124,7 +163,11 @@ async fn requests_without_valid_credentials_are_refused() {
         }
     }
     let alerts = srv.shutdown().await;
-    assert_eq!(alerts.len(), 1, "only the authenticated event was evaluated");
+    assert_eq!(
+        alerts.len(),
+        1,
+        "only the authenticated event was evaluated"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,12 +179,25 @@ async fn quotas_limit_rate_and_modules() {
     config.tenants.insert("team-b".into(), b);
     let srv = start(config, echo_dir(&[]), echo_dir(&["b_first", "b_second"])).await;
 
-    let batch = |p: &str| event_list(&(0..50).map(|i| event(&format!("{p}-{i}"), "get", "pods", "x")).collect::<Vec<_>>());
+    let batch = |p: &str| {
+        event_list(
+            &(0..50)
+                .map(|i| event(&format!("{p}-{i}"), "get", "pods", "x"))
+                .collect::<Vec<_>>(),
+        )
+    };
     let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("one")).await;
     assert_eq!(r.status(), 200);
     let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("two")).await;
     assert_eq!(r.status(), 429, "over 50 events per second");
-    assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
     // Team A is not affected by team B's quota.
     let r = post_as(&srv, "/k8s-audit/team-a", Some(TOKEN_A), batch("a")).await;
     assert_eq!(r.status(), 200);
@@ -157,7 +213,14 @@ async fn quotas_limit_rate_and_modules() {
     assert_eq!(tenant_b.len(), 2);
     assert_eq!(tenant_b[0]["status"], "live");
     assert_eq!(tenant_b[1]["status"], "failed");
-    assert!(tenant_b[1]["last_error"].as_str().unwrap().contains("quota"), "{}", tenant_b[1]);
+    assert!(
+        tenant_b[1]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("quota"),
+        "{}",
+        tenant_b[1]
+    );
     srv.shutdown().await;
 }
 
@@ -170,12 +233,26 @@ async fn a_flooding_tenant_with_slow_rules_does_not_starve_another() {
     let srv = start(config, spin, echo_dir(&[])).await;
     // Team A floods: five batches of events its own module spins on.
     for b in 0..5 {
-        let events: Vec<_> = (0..5).map(|i| event(&format!("a-{b}-{i}"), "get", "pods", "spin")).collect();
-        let r = post_as(&srv, "/k8s-audit/team-a", Some(TOKEN_A), event_list(&events)).await;
+        let events: Vec<_> = (0..5)
+            .map(|i| event(&format!("a-{b}-{i}"), "get", "pods", "spin"))
+            .collect();
+        let r = post_as(
+            &srv,
+            "/k8s-audit/team-a",
+            Some(TOKEN_A),
+            event_list(&events),
+        )
+        .await;
         assert_eq!(r.status(), 200);
     }
     // Then team B sends one event.
-    let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), event("b-0", "get", "pods", "calm").to_string()).await;
+    let r = post_as(
+        &srv,
+        "/k8s-audit/team-b",
+        Some(TOKEN_B),
+        event("b-0", "get", "pods", "calm").to_string(),
+    )
+    .await;
     assert_eq!(r.status(), 200);
     let alerts = srv
         .alerts
@@ -183,8 +260,19 @@ async fn a_flooding_tenant_with_slow_rules_does_not_starve_another() {
         .await;
     // Tenants are served in turn: B waited for at most the batch being
     // evaluated and the one next in A's turn, not for A's whole backlog.
-    let a_done = alerts.iter().filter(|a| a.rule == "Echo" && &*a.tenant == "team-a").count();
-    assert!(a_done <= 10, "team B waited behind {a_done} of team A's 25 events");
+    let a_done = alerts
+        .iter()
+        .filter(|a| a.rule == "Echo" && &*a.tenant == "team-a")
+        .count();
+    assert!(
+        a_done <= 10,
+        "team B waited behind {a_done} of team A's 25 events"
+    );
     let all = srv.shutdown().await;
-    assert_eq!(all.iter().filter(|a| a.rule == "Echo" && &*a.tenant == "team-a").count(), 25);
+    assert_eq!(
+        all.iter()
+            .filter(|a| a.rule == "Echo" && &*a.tenant == "team-a")
+            .count(),
+        25
+    );
 }

@@ -14,6 +14,7 @@ use crate::outputs::stdout::StdoutOutput;
 use crate::pipeline::{Pipeline, rules_dirs};
 use crate::reload::{RulesDir, RulesWatcher};
 use crate::server::{AppState, app};
+use crate::tls::TlsListener;
 
 /// A running webhook server with its pipeline.
 pub struct Server {
@@ -39,7 +40,11 @@ impl Server {
         let pipeline = tokio::task::spawn_blocking(move || Pipeline::start(cfg, dirs, sink, false))
             .await
             .context("module loading panicked")??;
-        let watcher = if watch { Some(pipeline.rules.watch()?) } else { None };
+        let watcher = if watch {
+            Some(pipeline.rules.watch()?)
+        } else {
+            None
+        };
         let state = Arc::new(AppState {
             config: config.clone(),
             tenants: pipeline.tenants.clone(),
@@ -54,14 +59,30 @@ impl Server {
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = app(state.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let task = match &config.server.tls {
+            Some(tls) => {
+                let listener = TlsListener::new(listener, tls.acceptor()?)?;
+                tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await
                 })
-                .await
-        });
-        tracing::info!("listening on http://{addr} (POST /k8s-audit)");
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }),
+        };
+        tracing::info!("listening on {scheme}://{addr} (POST /k8s-audit)");
         Ok(Server {
             addr,
             state,
@@ -77,7 +98,9 @@ impl Server {
     }
 
     pub fn pipeline(&self) -> &Pipeline {
-        self.pipeline.as_ref().expect("pipeline runs until shutdown")
+        self.pipeline
+            .as_ref()
+            .expect("pipeline runs until shutdown")
     }
 
     /// Stops accepting requests, then evaluates every queued event before

@@ -6,7 +6,9 @@ use peregrine_sdk as sdk;
 use wasmtime::component::{ComponentType, Func, Lower, ResourceTable, TypedFunc};
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 use super::bindings::{self, RuleModulePre, peregrine::rules as imports, wit};
 use super::{Permit, SandboxLimits};
@@ -57,7 +59,12 @@ struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let after = self.used.saturating_sub(current).saturating_add(desired);
         if after > self.cap {
             self.exceeded = true;
@@ -67,7 +74,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         // Tables cost a pointer per element; bound them by the same budget.
         Ok(desired.saturating_mul(std::mem::size_of::<usize>()) <= self.cap)
     }
@@ -143,12 +155,26 @@ impl StoreData {
 }
 
 impl imports::state::Host for StoreData {
-    fn counter_add(&mut self, key: String, delta: u32, window_seconds: u32, now_unix_nanos: i64) -> u64 {
-        self.state().counter_add(&key, delta, window_seconds, now_unix_nanos)
+    fn counter_add(
+        &mut self,
+        key: String,
+        delta: u32,
+        window_seconds: u32,
+        now_unix_nanos: i64,
+    ) -> u64 {
+        self.state()
+            .counter_add(&key, delta, window_seconds, now_unix_nanos)
     }
 
-    fn distinct_add(&mut self, key: String, member: String, window_seconds: u32, now_unix_nanos: i64) -> u64 {
-        self.state().distinct_add(&key, &member, window_seconds, now_unix_nanos)
+    fn distinct_add(
+        &mut self,
+        key: String,
+        member: String,
+        window_seconds: u32,
+        now_unix_nanos: i64,
+    ) -> u64 {
+        self.state()
+            .distinct_add(&key, &member, window_seconds, now_unix_nanos)
     }
 
     fn first_seen(&mut self, key: String, ttl_seconds: u32, now_unix_nanos: i64) -> bool {
@@ -180,15 +206,26 @@ impl<'a> PreparedEvent<'a> {
             ev,
             tenant,
             time_unix_nanos: ev.time_unix_nanos().unwrap_or(0),
-            annotations: ev.annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            annotations: ev
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect(),
             extra: pairs(&ev.user.extra),
-            impersonated_extra: ev.impersonated_user.as_ref().map(|u| pairs(&u.extra)).unwrap_or_default(),
+            impersonated_extra: ev
+                .impersonated_user
+                .as_ref()
+                .map(|u| pairs(&u.extra))
+                .unwrap_or_default(),
         }
     }
 
     fn record(&self, needs_raw: bool) -> EventRecord<'_> {
         let ev = self.ev;
-        fn user<'s>(u: &'s sdk::audit::AuditUser, extra: &'s [(&'s str, &'s [String])]) -> UserRecord<'s> {
+        fn user<'s>(
+            u: &'s sdk::audit::AuditUser,
+            extra: &'s [(&'s str, &'s [String])],
+        ) -> UserRecord<'s> {
             UserRecord {
                 username: &u.username,
                 uid: u.uid.as_deref(),
@@ -197,7 +234,11 @@ impl<'a> PreparedEvent<'a> {
             }
         }
         let raw = |r: &'a Option<Box<serde_json::value::RawValue>>| {
-            if needs_raw { r.as_deref().map(|r| r.get()) } else { None }
+            if needs_raw {
+                r.as_deref().map(|r| r.get())
+            } else {
+                None
+            }
         };
         EventRecord {
             tenant: self.tenant,
@@ -207,7 +248,10 @@ impl<'a> PreparedEvent<'a> {
             verb: &ev.verb,
             request_uri: &ev.request_uri,
             user: user(&ev.user, &self.extra),
-            impersonated_user: ev.impersonated_user.as_ref().map(|u| user(u, &self.impersonated_extra)),
+            impersonated_user: ev
+                .impersonated_user
+                .as_ref()
+                .map(|u| user(u, &self.impersonated_extra)),
             source_ips: &ev.source_ips,
             user_agent: ev.user_agent.as_deref(),
             object_ref: ev.object_ref.as_ref().map(|o| ObjectRefRecord {
@@ -360,16 +404,22 @@ impl ModuleInstance {
         let mut store = Store::new(engine, data);
         store.limiter(|d| &mut d.memory);
         store.epoch_deadline_trap();
-        let deadline_ticks = (limits.call_deadline.as_nanos() as u64).div_ceil(tick_nanos).max(1);
+        // The current epoch is already partly over when a call starts, so one
+        // tick more: a call then runs at least its deadline, and is stopped
+        // within one tick after it.
+        let deadline_ticks = (limits.call_deadline.as_nanos() as u64).div_ceil(tick_nanos) + 1;
         store.set_epoch_deadline(deadline_ticks.saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)));
-        let instantiated = pre.instance_pre().instantiate(&mut store).and_then(|instance| {
-            let bindings = bindings::RuleModule::new(&mut store, &instance)?;
-            let evaluate = instance
-                .get_func(&mut store, "evaluate")
-                .ok_or_else(|| wasmtime::format_err!("the component exports no `evaluate`"))?;
-            evaluate.typed::<(EventRecord<'static>,), (Vec<wit::Alert>,)>(&store)?;
-            Ok((bindings, evaluate))
-        });
+        let instantiated = pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .and_then(|instance| {
+                let bindings = bindings::RuleModule::new(&mut store, &instance)?;
+                let evaluate = instance
+                    .get_func(&mut store, "evaluate")
+                    .ok_or_else(|| wasmtime::format_err!("the component exports no `evaluate`"))?;
+                evaluate.typed::<(EventRecord<'static>,), (Vec<wit::Alert>,)>(&store)?;
+                Ok((bindings, evaluate))
+            });
         let (bindings, evaluate) = match instantiated {
             Ok(b) => b,
             Err(e) => {
@@ -400,8 +450,10 @@ impl ModuleInstance {
     }
 
     pub fn metadata(&mut self) -> Result<sdk::ModuleInfo, CallError> {
-        self.store
-            .set_epoch_deadline(self.deadline_ticks.saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)));
+        self.store.set_epoch_deadline(
+            self.deadline_ticks
+                .saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)),
+        );
         match self.bindings.call_metadata(&mut self.store) {
             Ok(m) => Ok(m.into()),
             Err(e) => Err(self.fail(e)),
@@ -410,14 +462,20 @@ impl ModuleInstance {
 
     /// The module's own verdict on the configuration is the inner result.
     pub fn configure(&mut self, config_json: &str) -> Result<Result<(), String>, CallError> {
-        self.store
-            .set_epoch_deadline(self.deadline_ticks.saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)));
+        self.store.set_epoch_deadline(
+            self.deadline_ticks
+                .saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)),
+        );
         self.bindings
             .call_configure(&mut self.store, config_json)
             .map_err(|e| self.fail(e))
     }
 
-    pub fn evaluate(&mut self, event: &PreparedEvent<'_>, needs_raw: bool) -> Result<Vec<sdk::Alert>, CallError> {
+    pub fn evaluate(
+        &mut self,
+        event: &PreparedEvent<'_>,
+        needs_raw: bool,
+    ) -> Result<Vec<sdk::Alert>, CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         // SAFETY: `new` type-checked this function against `EvaluateFunc`;
         // the types differ from that check only in their lifetime.
@@ -454,7 +512,12 @@ impl ModuleInstance {
     }
 }
 
-fn classify(store: &Store<StoreData>, stderr: &MemoryOutputPipe, limits: SandboxLimits, e: wasmtime::Error) -> CallError {
+fn classify(
+    store: &Store<StoreData>,
+    stderr: &MemoryOutputPipe,
+    limits: SandboxLimits,
+    e: wasmtime::Error,
+) -> CallError {
     if store.data().memory.exceeded {
         return CallError::OutOfMemory(limits.memory_bytes);
     }
@@ -507,17 +570,35 @@ mod tests {
                 assert_eq!(r.username, w.username);
                 assert_eq!(r.uid, w.uid.as_deref());
                 assert_eq!(r.groups, w.groups.as_slice());
-                let extra: Vec<(String, Vec<String>)> =
-                    r.extra.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+                let extra: Vec<(String, Vec<String>)> = r
+                    .extra
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect();
                 assert_eq!(extra, w.extra);
             };
             same_user(&r.user, &w.user);
-            same_user(r.impersonated_user.as_ref().unwrap(), w.impersonated_user.as_ref().unwrap());
+            same_user(
+                r.impersonated_user.as_ref().unwrap(),
+                w.impersonated_user.as_ref().unwrap(),
+            );
             assert_eq!(r.source_ips, w.source_ips.as_slice());
             assert_eq!(r.user_agent, w.user_agent.as_deref());
-            let (o, wo) = (r.object_ref.as_ref().unwrap(), w.object_ref.as_ref().unwrap());
+            let (o, wo) = (
+                r.object_ref.as_ref().unwrap(),
+                w.object_ref.as_ref().unwrap(),
+            );
             assert_eq!(
-                [o.resource, o.subresource, o.namespace, o.name, o.uid, o.api_group, o.api_version, o.resource_version],
+                [
+                    o.resource,
+                    o.subresource,
+                    o.namespace,
+                    o.name,
+                    o.uid,
+                    o.api_group,
+                    o.api_version,
+                    o.resource_version
+                ],
                 [
                     wo.resource.as_deref(),
                     wo.subresource.as_deref(),
@@ -529,14 +610,30 @@ mod tests {
                     wo.resource_version.as_deref()
                 ]
             );
-            let (s, ws) = (r.response_status.as_ref().unwrap(), w.response_status.as_ref().unwrap());
+            let (s, ws) = (
+                r.response_status.as_ref().unwrap(),
+                w.response_status.as_ref().unwrap(),
+            );
             assert_eq!(s.code, ws.code);
-            assert_eq!([s.status, s.reason, s.message], [ws.status.as_deref(), ws.reason.as_deref(), ws.message.as_deref()]);
-            assert_eq!(r.request_received_timestamp, w.request_received_timestamp.as_deref());
+            assert_eq!(
+                [s.status, s.reason, s.message],
+                [
+                    ws.status.as_deref(),
+                    ws.reason.as_deref(),
+                    ws.message.as_deref()
+                ]
+            );
+            assert_eq!(
+                r.request_received_timestamp,
+                w.request_received_timestamp.as_deref()
+            );
             assert_eq!(r.stage_timestamp, w.stage_timestamp.as_deref());
             assert_eq!(r.time_unix_nanos, w.time_unix_nanos);
-            let annotations: Vec<(String, String)> =
-                r.annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let annotations: Vec<(String, String)> = r
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
             assert_eq!(annotations, w.annotations);
             assert_eq!(r.request_object, w.request_object.as_deref());
             assert_eq!(r.response_object, w.response_object.as_deref());

@@ -21,7 +21,10 @@ const MAX_TEXT: usize = 4_096;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadFailure {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is {size} bytes, over the {MAX_MODULE_BYTES}-byte limit for a module")]
     TooLarge { path: PathBuf, size: u64 },
     #[error(transparent)]
@@ -44,6 +47,22 @@ pub fn discover_modules(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Reads a module file, refusing files too large to be a rule module.
+pub fn read_module(path: &Path) -> Result<Vec<u8>, LoadFailure> {
+    let read_err = |source| LoadFailure::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_err)?.len();
+    if size > MAX_MODULE_BYTES {
+        return Err(LoadFailure::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    std::fs::read(path).map_err(read_err)
 }
 
 /// The sha256 of a module file, in hex: its identity in alerts, the API and
@@ -71,7 +90,11 @@ pub struct ModuleLoader {
 }
 
 impl ModuleLoader {
-    pub fn new(engine: Arc<WasmEngine>, config: Arc<PeregrineConfig>, states: Arc<StateStore>) -> Self {
+    pub fn new(
+        engine: Arc<WasmEngine>,
+        config: Arc<PeregrineConfig>,
+        states: Arc<StateStore>,
+    ) -> Self {
         ModuleLoader {
             engine,
             config,
@@ -95,22 +118,17 @@ impl ModuleLoader {
     /// Loads `path` for `scope` with its configuration (JSON text) and
     /// sandbox limits.
     #[tracing::instrument(name = "load", skip_all, fields(module = %path.display(), digest))]
-    pub fn load(&self, path: &Path, scope: Scope, config_json: &str, limits: SandboxLimits) -> Result<LoadedModule, LoadFailure> {
-        let read_err = |source| LoadFailure::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let size = std::fs::metadata(path).map_err(read_err)?.len();
-        if size > MAX_MODULE_BYTES {
-            return Err(LoadFailure::TooLarge {
-                path: path.to_path_buf(),
-                size,
-            });
-        }
-        let bytes = std::fs::read(path).map_err(read_err)?;
-        let digest = digest_of(&bytes);
+    pub fn load(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        scope: Scope,
+        config_json: &str,
+        limits: SandboxLimits,
+    ) -> Result<LoadedModule, LoadFailure> {
+        let digest = digest_of(bytes);
         tracing::Span::current().record("digest", &digest[..12]);
-        let compiled = self.compiled(&bytes, &digest)?;
+        let compiled = self.compiled(bytes, &digest)?;
 
         let key = module_key(path);
         let label: Arc<str> = format!("{key}@{}", &digest[..12]).into();
@@ -119,8 +137,12 @@ impl ModuleLoader {
             Scope::Tenant(t) => t.clone(),
         };
         let state = self.states.table(&probe_tenant, &scope, &key);
-        let mut instance = self.engine.instantiate(&compiled, label.clone(), limits, state)?;
-        instance.configure(config_json)?.map_err(LoadFailure::Config)?;
+        let mut instance = self
+            .engine
+            .instantiate(&compiled, label.clone(), limits, state)?;
+        instance
+            .configure(config_json)?
+            .map_err(LoadFailure::Config)?;
         let info = instance.metadata()?;
         validate_metadata(&info).map_err(LoadFailure::Metadata)?;
 
@@ -200,9 +222,15 @@ fn validate_metadata(info: &ModuleInfo) -> Result<(), String> {
         if !seen.insert(r.id.as_str()) {
             return Err(format!("rule id `{}` is declared twice", r.id));
         }
-        let text = r.id.len() + r.name.len() + r.description.len() + r.tags.iter().map(String::len).sum::<usize>();
+        let text = r.id.len()
+            + r.name.len()
+            + r.description.len()
+            + r.tags.iter().map(String::len).sum::<usize>();
         if text > MAX_TEXT * 4 {
-            return Err(format!("rule `{}` has {text} bytes of metadata text, too much", r.id));
+            return Err(format!(
+                "rule `{}` has {text} bytes of metadata text, too much",
+                r.id
+            ));
         }
     }
     Ok(())

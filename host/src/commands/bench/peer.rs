@@ -196,8 +196,8 @@ fn peregrine_pass(p: &Pipeline, tenant: &Arc<str>, lines: &[String]) -> anyhow::
         let t = Instant::now();
         let mut events = Vec::with_capacity(chunk.len());
         for line in chunk {
-            let d = decode_payload(line.as_bytes(), max)
-                .map_err(|e| anyhow::anyhow!("decode: {e}"))?;
+            let d =
+                decode_payload(line.as_bytes(), max).map_err(|e| anyhow::anyhow!("decode: {e}"))?;
             events.extend(d.events);
         }
         parse += t.elapsed();
