@@ -22,6 +22,8 @@ pub struct PeregrineConfig {
     /// `.wasm`; each table is handed to the module's `configure` as JSON.
     pub modules: BTreeMap<String, toml::Table>,
     pub output: OutputConfig,
+    /// Alert history for the web UI and `GET /api/v1/alerts`.
+    pub store: crate::store::StoreConfig,
     pub auth: crate::tenants::AuthConfig,
     /// Tenants by id. The `default` tenant (`/k8s-audit`) always exists.
     pub tenants: BTreeMap<String, crate::tenants::TenantConfig>,

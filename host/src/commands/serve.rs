@@ -14,6 +14,7 @@ use crate::outputs::stdout::StdoutOutput;
 use crate::pipeline::{Pipeline, rules_dirs};
 use crate::reload::{RulesDir, RulesWatcher};
 use crate::server::{AppState, app};
+use crate::store::{AlertStore, Tee};
 use crate::tls::TlsListener;
 
 /// A running webhook server with its pipeline.
@@ -35,6 +36,20 @@ impl Server {
         sink: Arc<dyn AlertSink>,
         watch: bool,
     ) -> anyhow::Result<Server> {
+        let store = match (config.store.enabled, config.store.resolved_path()) {
+            (true, Some(path)) => Some(AlertStore::open(&path, config.store.max_alerts)?),
+            (true, None) => {
+                tracing::warn!(
+                    "no place for the alert store (set store.path, HOME or XDG_DATA_HOME); alert history is off"
+                );
+                None
+            }
+            (false, _) => None,
+        };
+        let sink: Arc<dyn AlertSink> = match &store {
+            Some(store) => Arc::new(Tee(vec![store.clone(), sink])),
+            None => sink,
+        };
         let cfg = config.clone();
         // Loading compiles modules: seconds of CPU, not for the async threads.
         let pipeline = tokio::task::spawn_blocking(move || Pipeline::start(cfg, dirs, sink, false))
@@ -52,6 +67,7 @@ impl Server {
             dedup: Dedup::new(config.server.dedup_capacity),
             rules: pipeline.rules.clone(),
             started: Instant::now(),
+            store,
         });
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
