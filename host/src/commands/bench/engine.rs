@@ -172,12 +172,12 @@ pub(crate) fn run(env: &BenchEnv, stream: &Stream) -> anyhow::Result<EngineFigur
         }
     }
     drop(single);
-    if let Some(an) = alerts_native {
-        if an != alerts_wasm {
-            env.progress.note(format!(
-                "warning: the Wasm pack raised {alerts_wasm} alerts and the native pack {an}: they should agree"
-            ));
-        }
+    if let Some(an) = alerts_native
+        && an != alerts_wasm
+    {
+        env.progress.note(format!(
+            "warning: the Wasm pack raised {alerts_wasm} alerts and the native pack {an}: they should agree"
+        ));
     }
 
     let workers = env.cores();

@@ -140,10 +140,10 @@ impl NativePack {
                 },
             ));
         }
-        if self.rule_matching == RuleMatching::First {
-            if let Some(first) = accepted.iter().map(|(i, _)| *i).min() {
-                accepted.retain(|(i, _)| *i == first);
-            }
+        if self.rule_matching == RuleMatching::First
+            && let Some(first) = accepted.iter().map(|(i, _)| *i).min()
+        {
+            accepted.retain(|(i, _)| *i == first);
         }
         out.extend(accepted.into_iter().map(|(_, a)| a));
     }

@@ -224,11 +224,11 @@ pub(crate) fn build(
             let mut ev = pool[rng.below(pool.len())].clone();
             if verb != source_verb {
                 ev["verb"] = Value::String(verb.to_string());
-                if verb == "watch" {
-                    if let Some(uri) = ev.get("requestURI").and_then(Value::as_str) {
-                        let sep = if uri.contains('?') { '&' } else { '?' };
-                        ev["requestURI"] = Value::String(format!("{uri}{sep}watch=true"));
-                    }
+                if verb == "watch"
+                    && let Some(uri) = ev.get("requestURI").and_then(Value::as_str)
+                {
+                    let sep = if uri.contains('?') { '&' } else { '?' };
+                    ev["requestURI"] = Value::String(format!("{uri}{sep}watch=true"));
                 }
             }
             picked.push(ev);

@@ -63,7 +63,7 @@ fn eps(v: f64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -475,8 +475,8 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "| {:<w0$} | {:>w1$} | {:<w2$} | {} |",
-            "Figure", "Value", "Goal", "Verdict"
+            "| {:<w0$} | {:>w1$} | {:<w2$} | Verdict |",
+            "Figure", "Value", "Goal"
         );
         let _ = writeln!(
             s,
