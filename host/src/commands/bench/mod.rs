@@ -305,7 +305,17 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The machine the figures were measured on.
-fn machine() -> serde_json::Value {
+/// The 1-minute load average: how busy the machine was besides the bench.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn machine(load_at_start: Option<f64>) -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -325,11 +335,14 @@ fn machine() -> serde_json::Value {
         "cores": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "cpu": cpu,
         "memory_gib": mem_kib.map(|k| (k as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0),
+        "load_average_start": load_at_start,
+        "load_average_end": load_average(),
     })
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
+    let load_at_start = load_average();
     let mut base_config = match &args.config {
         Some(p) => PeregrineConfig::load(p)?,
         None => PeregrineConfig::default(),
@@ -439,7 +452,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     report.set_elapsed(started.elapsed());
     let out = report.render();
     print!("{out}");
-    let json = report.json_line(machine());
+    let machine = machine(load_at_start);
+    println!(
+        "machine: {} cores, {}, {} GiB; load average {} at start, {} at end",
+        machine["cores"],
+        machine["cpu"].as_str().unwrap_or("unknown"),
+        machine["memory_gib"],
+        machine["load_average_start"],
+        machine["load_average_end"]
+    );
+    let json = report.json_line(machine);
     println!("{json}");
     if let Some(path) = &args.json {
         std::fs::write(path, format!("{json}\n"))
