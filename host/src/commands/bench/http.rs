@@ -31,6 +31,7 @@ pub(crate) struct HttpFigures {
     /// 429 answers during saturation (the client retried after 5 ms).
     pub throttled: u64,
     pub p50_ms: f64,
+    pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
     pub latency_requests: usize,
@@ -107,16 +108,29 @@ async fn start_server(env: &BenchEnv) -> anyhow::Result<Server> {
     Server::start(config, dirs, Arc::new(CountingSink::default()), false).await
 }
 
-async fn saturate(
-    env: &BenchEnv,
-    bodies: Arc<Vec<Vec<u8>>>,
-    events: usize,
-) -> anyhow::Result<(f64, u64)> {
-    let server = start_server(env).await?;
-    let addr = server.addr();
+/// Runs the client on a thread and runtime of its own, as the apiserver is a
+/// process of its own: its wake-ups do not queue behind the server's tasks.
+fn on_client_thread<F, R>(client: impl FnOnce() -> F + Send + 'static) -> anyhow::Result<R>
+where
+    F: std::future::Future<Output = anyhow::Result<R>>,
+    R: Send + 'static,
+{
+    std::thread::Builder::new()
+        .name("bench-client".into())
+        .spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the client's runtime")?
+                .block_on(client())
+        })?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+}
+
+async fn saturate(addr: std::net::SocketAddr, bodies: Arc<Vec<Vec<u8>>>) -> anyhow::Result<u64> {
     let next = Arc::new(AtomicUsize::new(0));
     let throttled = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
         let (bodies, next, throttled) = (bodies.clone(), next.clone(), throttled.clone());
@@ -144,30 +158,76 @@ async fn saturate(
     for t in tasks {
         t.await.context("a client task panicked")??;
     }
-    // Acknowledged is not evaluated: wait until the queue has drained.
-    server.shutdown().await?;
-    let secs = started.elapsed().as_secs_f64();
-    Ok((events as f64 / secs, throttled.load(Ordering::Relaxed)))
+    Ok(throttled.load(Ordering::Relaxed))
 }
 
-async fn steady(
-    env: &BenchEnv,
-    bodies: Arc<Vec<Vec<u8>>>,
+/// The latency client: plain blocking I/O on its own thread, so its clock
+/// and sleeps are precise to microseconds (an async timer wakes up to a
+/// millisecond late, which would count against the server).
+fn steady(
+    addr: std::net::SocketAddr,
+    bodies: &[Vec<u8>],
     seconds: u64,
 ) -> anyhow::Result<Vec<f64>> {
-    let server = start_server(env).await?;
-    let mut client = Client::connect(server.addr()).await?;
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr).context("cannot connect to the server")?;
+    conn.set_nodelay(true)?;
+    let mut post = |body: &[u8]| -> anyhow::Result<u16> {
+        let head = format!(
+            "POST /k8s-audit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        conn.write_all(head.as_bytes())?;
+        conn.write_all(body)?;
+        let mut buf = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = conn.read(&mut chunk)?;
+            anyhow::ensure!(n > 0, "the server closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = std::str::from_utf8(&buf[..end]).context("response head is not UTF-8")?;
+            let status: u16 = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .context("no status in the response")?;
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .context("response without Content-Length")?;
+            while buf.len() < end + 4 + length {
+                let n = conn.read(&mut chunk)?;
+                anyhow::ensure!(n > 0, "the server closed the connection");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(status);
+        }
+    };
     let period = Duration::from_secs(1) / LATENCY_RATE_HZ;
     let warmup = 5usize;
     let total = warmup + (seconds.max(1) as usize) * LATENCY_RATE_HZ as usize;
     let mut latencies = Vec::with_capacity(total);
-    let start = tokio::time::Instant::now() + period;
+    let start = Instant::now() + period;
     for k in 0..total {
         let due = start + period * k as u32;
-        tokio::time::sleep_until(due).await;
-        let body = &bodies[k % bodies.len()];
-        let status = client.post(body).await?;
-        let ms = due.elapsed().as_secs_f64() * 1000.0;
+        let now = Instant::now();
+        // A request that is late because the previous answer was slow is
+        // timed from when it was due; otherwise from when it is sent.
+        let sent = if now < due {
+            std::thread::sleep(due - now);
+            Instant::now()
+        } else {
+            due
+        };
+        let status = post(&bodies[k % bodies.len()])?;
+        let ms = sent.elapsed().as_secs_f64() * 1000.0;
         anyhow::ensure!(
             status == 200,
             "the webhook answered {status} at 4,000 events/s"
@@ -176,7 +236,6 @@ async fn steady(
             latencies.push(ms);
         }
     }
-    server.shutdown().await?;
     Ok(latencies)
 }
 
@@ -206,19 +265,34 @@ pub(crate) fn run(
         "http: saturating with {CONNECTIONS} connections, {} events",
         stream.events.len()
     ));
-    let (saturation_eps, throttled) =
-        runtime.block_on(saturate(env, bodies.clone(), stream.events.len()))?;
+    let server = runtime.block_on(start_server(env))?;
+    let (addr, client_bodies) = (server.addr(), bodies.clone());
+    let started = Instant::now();
+    let throttled = on_client_thread(move || saturate(addr, client_bodies))?;
+    // Acknowledged is not evaluated: wait until the queue has drained.
+    runtime.block_on(server.shutdown())?;
+    let saturation_eps = stream.events.len() as f64 / started.elapsed().as_secs_f64();
+
     let seconds = if env.quick { 1 } else { latency_seconds };
     env.progress.step(format!(
         "http: acknowledgement latency at 4,000 events/s for {seconds} s"
     ));
-    let mut lat = runtime.block_on(steady(env, bodies, seconds))?;
+    let server = runtime.block_on(start_server(env))?;
+    let addr = server.addr();
+    let mut lat = std::thread::scope(|scope| {
+        scope
+            .spawn(|| steady(addr, &bodies, seconds))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
+    })?;
+    runtime.block_on(server.shutdown())?;
     lat.sort_by(f64::total_cmp);
     Ok(HttpFigures {
         saturation_eps,
         saturation_events: stream.events.len(),
         throttled,
         p50_ms: percentile(&lat, 50.0),
+        p90_ms: percentile(&lat, 90.0),
         p99_ms: percentile(&lat, 99.0),
         max_ms: lat.last().copied().unwrap_or(f64::NAN),
         latency_requests: lat.len(),

@@ -291,15 +291,17 @@ impl Report {
             verdict(f.p99_ms, 5.0, false),
         );
         self.notes.push(format!(
-            "http: saturation over {} events ({} answers were 429 and retried); latency over {} requests, max {}.",
+            "http: saturation over {} events ({} answers were 429 and retried); latency over {} requests, p90 {}, max {}.",
             f.saturation_events,
             f.throttled,
             f.latency_requests,
+            ms(f.p90_ms),
             ms(f.max_ms)
         ));
         self.set("http_eps", num(f.saturation_eps));
         self.set("http_ack_p50_ms", num(f.p50_ms));
         self.set("http_ack_p99_ms", num(f.p99_ms));
+        self.set("http_ack_p90_ms", num(f.p90_ms));
         self.set("http_ack_max_ms", num(f.max_ms));
         self.set("http_throttled", json!(f.throttled));
     }
