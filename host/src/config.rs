@@ -22,6 +22,14 @@ pub struct PeregrineConfig {
     /// `.wasm`; each table is handed to the module's `configure` as JSON.
     pub modules: BTreeMap<String, toml::Table>,
     pub output: OutputConfig,
+    /// What happens to alerts no route matches.
+    pub routing: crate::router::RoutingConfig,
+    /// Alert routes, tried in order.
+    pub routes: Vec<crate::router::RouteConfig>,
+    /// Outputs by name; `type` selects the kind.
+    pub outputs: BTreeMap<String, crate::outputs::OutputKindConfig>,
+    /// Settings shared by every output's delivery (spool directory).
+    pub delivery: crate::outputs::DeliveryConfig,
     pub auth: crate::tenants::AuthConfig,
     /// Tenants by id. The `default` tenant (`/k8s-audit`) always exists.
     pub tenants: BTreeMap<String, crate::tenants::TenantConfig>,
@@ -207,7 +215,8 @@ pub enum AlertFormat {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
-    /// Format of alerts printed on stdout.
+    /// Format of alerts printed on stdout (the built-in `stdout` output and
+    /// `peregrine replay`).
     pub format: AlertFormat,
 }
 
@@ -267,6 +276,7 @@ impl PeregrineConfig {
                 return Err(format!("sandbox limits for {name}: memory_mib is at most 4096"));
             }
         }
+        crate::router::validate(&self)?;
         Ok(self)
     }
 
