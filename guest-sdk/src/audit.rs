@@ -97,10 +97,14 @@ impl AuditEvent {
     /// The event's time: `stageTimestamp`, else `requestReceivedTimestamp`,
     /// else the legacy `timestamp`, in nanoseconds since the Unix epoch.
     pub fn time_unix_nanos(&self) -> Option<i64> {
-        [&self.stage_timestamp, &self.request_received_timestamp, &self.timestamp]
-            .into_iter()
-            .flatten()
-            .find_map(|s| parse_rfc3339_nanos(s))
+        [
+            &self.stage_timestamp,
+            &self.request_received_timestamp,
+            &self.timestamp,
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|s| parse_rfc3339_nanos(s))
     }
 
     /// Builds the record a rule module receives. The raw request and response
@@ -211,7 +215,10 @@ mod tests {
         assert!(without.request_object.is_none() && without.response_object.is_none());
         let with = ev.to_wit("t1", true, true);
         assert_eq!(with.request_object.as_deref(), Some(r#"{"kind":"Pod"}"#));
-        assert_eq!(with.response_object.as_deref(), Some(r#"{"kind":"Pod","x":1}"#));
+        assert_eq!(
+            with.response_object.as_deref(),
+            Some(r#"{"kind":"Pod","x":1}"#)
+        );
         assert_eq!(with.tenant, "t1");
     }
 }

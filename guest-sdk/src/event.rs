@@ -86,7 +86,10 @@ impl Event {
 
     /// `ka.impuser.name`
     pub fn impersonated_user_name(&self) -> Option<&str> {
-        self.raw.impersonated_user.as_ref().map(|u| u.username.as_str())
+        self.raw
+            .impersonated_user
+            .as_ref()
+            .map(|u| u.username.as_str())
     }
 
     /// `ka.verb`

@@ -337,9 +337,18 @@ mod tests {
     fn image_repository_strips_tag_and_digest_but_keeps_registry_port() {
         assert_eq!(image_repository("nginx"), "nginx");
         assert_eq!(image_repository("nginx:1.25"), "nginx");
-        assert_eq!(image_repository("docker.io/library/nginx:1.25@sha256:abc"), "docker.io/library/nginx");
-        assert_eq!(image_repository("registry:5000/team/app"), "registry:5000/team/app");
-        assert_eq!(image_repository("registry:5000/team/app:v1"), "registry:5000/team/app");
+        assert_eq!(
+            image_repository("docker.io/library/nginx:1.25@sha256:abc"),
+            "docker.io/library/nginx"
+        );
+        assert_eq!(
+            image_repository("registry:5000/team/app"),
+            "registry:5000/team/app"
+        );
+        assert_eq!(
+            image_repository("registry:5000/team/app:v1"),
+            "registry:5000/team/app"
+        );
     }
 
     #[test]
@@ -348,7 +357,8 @@ mod tests {
         // gets None rather than a panic.
         let v: serde_json::Value = serde_json::json!({"spec": {"hostNetwork": "yes"}});
         assert!(Pod::deserialize(&v).is_err());
-        let ok: serde_json::Value = serde_json::json!({"spec": {"hostPID": true, "containers": [{"name": "a"}]}});
+        let ok: serde_json::Value =
+            serde_json::json!({"spec": {"hostPID": true, "containers": [{"name": "a"}]}});
         let pod = Pod::deserialize(&ok).unwrap();
         assert_eq!(pod.spec.host_pid, Some(true));
         assert_eq!(pod.spec.all_containers().count(), 1);

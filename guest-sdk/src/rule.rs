@@ -93,7 +93,10 @@ impl RuleBuilder {
     }
 
     /// Only events on one of these subresources can match.
-    pub fn subresources<I: IntoIterator<Item = S>, S: Into<String>>(mut self, subresources: I) -> Self {
+    pub fn subresources<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        subresources: I,
+    ) -> Self {
         self.0.prefilter.subresources.extend(strings(subresources));
         self
     }
@@ -123,7 +126,13 @@ impl From<RuleBuilder> for RuleInfo {
 impl Prefilter {
     /// Whether an event with these attributes can match. Empty lists match
     /// anything. This is the exact check the host applies.
-    pub fn admits(&self, verb: &str, resource: Option<&str>, subresource: Option<&str>, stage: &str) -> bool {
+    pub fn admits(
+        &self,
+        verb: &str,
+        resource: Option<&str>,
+        subresource: Option<&str>,
+        stage: &str,
+    ) -> bool {
         fn admits_one(list: &[String], value: Option<&str>) -> bool {
             list.is_empty() || value.is_some_and(|v| list.iter().any(|item| item == v))
         }

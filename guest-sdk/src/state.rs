@@ -13,18 +13,34 @@ const NANOS: i64 = 1_000_000_000;
 /// `window_seconds` of event time ending at `now_unix_nanos`.
 pub fn counter_add(key: &str, delta: u32, window_seconds: u32, now_unix_nanos: i64) -> u64 {
     #[cfg(target_arch = "wasm32")]
-    return crate::bindings::peregrine::rules::state::counter_add(key, delta, window_seconds, now_unix_nanos);
+    return crate::bindings::peregrine::rules::state::counter_add(
+        key,
+        delta,
+        window_seconds,
+        now_unix_nanos,
+    );
     #[cfg(not(target_arch = "wasm32"))]
-    NATIVE.with(|t| t.borrow_mut().counter_add(key, delta, window_seconds, now_unix_nanos))
+    NATIVE.with(|t| {
+        t.borrow_mut()
+            .counter_add(key, delta, window_seconds, now_unix_nanos)
+    })
 }
 
 /// Records `member` in the set `key` and returns the number of distinct
 /// members seen over the last `window_seconds` ending at `now_unix_nanos`.
 pub fn distinct_add(key: &str, member: &str, window_seconds: u32, now_unix_nanos: i64) -> u64 {
     #[cfg(target_arch = "wasm32")]
-    return crate::bindings::peregrine::rules::state::distinct_add(key, member, window_seconds, now_unix_nanos);
+    return crate::bindings::peregrine::rules::state::distinct_add(
+        key,
+        member,
+        window_seconds,
+        now_unix_nanos,
+    );
     #[cfg(not(target_arch = "wasm32"))]
-    NATIVE.with(|t| t.borrow_mut().distinct_add(key, member, window_seconds, now_unix_nanos))
+    NATIVE.with(|t| {
+        t.borrow_mut()
+            .distinct_add(key, member, window_seconds, now_unix_nanos)
+    })
 }
 
 /// True if `key` was not seen in the `ttl_seconds` before `now_unix_nanos`.
@@ -114,7 +130,14 @@ impl StateTable {
         self.evictions
     }
 
-    fn slot(&mut self, kind: u8, key: &str, now: i64, horizon: i64, fresh: impl FnOnce() -> Entry) -> &mut Slot {
+    fn slot(
+        &mut self,
+        kind: u8,
+        key: &str,
+        now: i64,
+        horizon: i64,
+        fresh: impl FnOnce() -> Entry,
+    ) -> &mut Slot {
         let id = (kind, key.to_string());
         if !self.slots.contains_key(&id) && self.slots.len() >= self.limits.max_keys {
             self.make_room(now);
@@ -131,7 +154,8 @@ impl StateTable {
 
     fn make_room(&mut self, now: i64) {
         let before = self.slots.len();
-        self.slots.retain(|_, s| s.touched.saturating_add(s.horizon) > now);
+        self.slots
+            .retain(|_, s| s.touched.saturating_add(s.horizon) > now);
         if self.slots.len() >= self.limits.max_keys {
             // Still full of live keys: drop the least recently touched tenth,
             // so the next insertions do not each pay for a scan.
@@ -155,7 +179,9 @@ impl StateTable {
     pub fn counter_add(&mut self, key: &str, delta: u32, window_seconds: u32, now: i64) -> u64 {
         let window = i64::from(window_seconds.max(1));
         let sec = now.div_euclid(NANOS);
-        let slot = self.slot(0, key, now, window * NANOS, || Entry::Counter(VecDeque::new()));
+        let slot = self.slot(0, key, now, window * NANOS, || {
+            Entry::Counter(VecDeque::new())
+        });
         let Entry::Counter(buckets) = &mut slot.entry else {
             unreachable!("kind 0 is always a counter")
         };
@@ -182,17 +208,23 @@ impl StateTable {
         let window = i64::from(window_seconds.max(1));
         let sec = now.div_euclid(NANOS);
         let max_members = self.limits.max_members;
-        let slot = self.slot(1, key, now, window * NANOS, || Entry::Distinct(HashMap::new()));
+        let slot = self.slot(1, key, now, window * NANOS, || {
+            Entry::Distinct(HashMap::new())
+        });
         let Entry::Distinct(members) = &mut slot.entry else {
             unreachable!("kind 1 is always a distinct set")
         };
         members.retain(|_, last| *last > sec - window);
         let mut evicted = 0;
-        if !members.contains_key(member) && members.len() >= max_members {
-            if let Some(oldest) = members.iter().min_by_key(|(_, last)| **last).map(|(m, _)| m.clone()) {
-                members.remove(&oldest);
-                evicted = 1;
-            }
+        if !members.contains_key(member)
+            && members.len() >= max_members
+            && let Some(oldest) = members
+                .iter()
+                .min_by_key(|(_, last)| **last)
+                .map(|(m, _)| m.clone())
+        {
+            members.remove(&oldest);
+            evicted = 1;
         }
         let last = members.entry(member.to_string()).or_insert(sec);
         *last = (*last).max(sec);
@@ -243,7 +275,11 @@ mod tests {
         assert_eq!(t.distinct_add("ns", "a", 60, 0), 1);
         assert_eq!(t.distinct_add("ns", "a", 60, S), 1);
         assert_eq!(t.distinct_add("ns", "b", 60, 2 * S), 2);
-        assert_eq!(t.distinct_add("ns", "c", 60, 61 * S), 2, "a was last seen at 1s and expired");
+        assert_eq!(
+            t.distinct_add("ns", "c", 60, 61 * S),
+            2,
+            "a was last seen at 1s and expired"
+        );
     }
 
     #[test]

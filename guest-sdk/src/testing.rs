@@ -76,8 +76,12 @@ impl<M: RuleModule> Harness<M> {
     pub fn evaluate(&self, event: &AuditEvent) -> Vec<Alert> {
         let admitted = self.info.rules.iter().any(|r| {
             r.enabled
-                && r.prefilter
-                    .admits(&event.verb, event.resource(), event.subresource(), &event.stage)
+                && r.prefilter.admits(
+                    &event.verb,
+                    event.resource(),
+                    event.subresource(),
+                    &event.stage,
+                )
         });
         if !admitted {
             return Vec::new();
@@ -154,7 +158,9 @@ pub fn read_events(text: &str) -> Result<Vec<AuditEvent>, String> {
     if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
         return match &value {
             serde_json::Value::Array(_) => serde_json::from_value(value).map_err(|e| e.to_string()),
-            serde_json::Value::Object(o) if o.get("kind").and_then(|k| k.as_str()) == Some("EventList") => {
+            serde_json::Value::Object(o)
+                if o.get("kind").and_then(|k| k.as_str()) == Some("EventList") =>
+            {
                 serde_json::from_value::<List>(value)
                     .map(|l| l.items)
                     .map_err(|e| e.to_string())

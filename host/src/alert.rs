@@ -10,7 +10,19 @@ use time::format_description::well_known::Rfc3339;
 
 /// Falco's eight priorities, most severe first (so `a < b` means `a` is
 /// more severe).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+)]
 pub enum Priority {
     Emergency,
     Alert,
@@ -104,7 +116,8 @@ struct FalcoAlert<'a> {
 
 impl Alert {
     pub fn time(&self) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.time_unix_nanos)).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.time_unix_nanos))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 
     /// RFC 3339 with nanoseconds, as Falco writes `time`.
@@ -145,12 +158,17 @@ impl Alert {
     /// (`peregrine.tenant`, `peregrine.module`, `peregrine.module_digest`,
     /// `ka.auditid`), which Falco consumers pass through.
     pub fn to_falco_json(&self) -> serde_json::Value {
-        let mut output_fields: BTreeMap<&str, Option<&str>> =
-            self.fields.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        let mut output_fields: BTreeMap<&str, Option<&str>> = self
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
         output_fields.insert("peregrine.tenant", Some(&self.tenant));
         output_fields.insert("peregrine.module", Some(&self.module));
         output_fields.insert("peregrine.module_digest", Some(&self.module_digest));
-        output_fields.entry("ka.auditid").or_insert(Some(&self.audit_id));
+        output_fields
+            .entry("ka.auditid")
+            .or_insert(Some(&self.audit_id));
         serde_json::to_value(FalcoAlert {
             hostname: &self.hostname,
             output: self.falco_output(),
@@ -191,7 +209,10 @@ mod tests {
             priority: Priority::Warning,
             output: "Pod started with privileged container (user=alice)".into(),
             tags: vec!["k8s".into(), "T1610".into()],
-            fields: vec![("ka.user.name".into(), Some("alice".into())), ("ka.target.name".into(), None)],
+            fields: vec![
+                ("ka.user.name".into(), Some("alice".into())),
+                ("ka.target.name".into(), None),
+            ],
             tenant: "default".into(),
             module: "falco_k8s_audit".into(),
             module_digest: "ab".repeat(32),

@@ -11,7 +11,12 @@ use crate::config::{AlertFormat, RuleMatching};
 /// sandboxed WebAssembly programs (Rust, Python, JavaScript) and alerts in
 /// Falco's format.
 #[derive(Debug, Parser)]
-#[command(name = "peregrine", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "peregrine",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -223,7 +223,10 @@ pub struct OutputConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config file {path}: {message}")]
@@ -236,15 +239,16 @@ impl PeregrineConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message,
-        })?
-        .validated()
-        .map_err(|message| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message,
-        })
+        Self::parse(&text)
+            .map_err(|message| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            })?
+            .validated()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -263,17 +267,18 @@ impl PeregrineConfig {
         if self.engine.epoch_tick_ms == 0 || self.engine.epoch_tick_ms > 1000 {
             return Err("engine.epoch_tick_ms must be between 1 and 1000".into());
         }
-        for (name, l) in std::iter::once(("defaults", &self.sandbox.defaults.clone().into())).chain(
-            self.sandbox
-                .modules
-                .iter()
-                .map(|(k, v)| (k.as_str(), v)),
-        ) {
+        for (name, l) in std::iter::once(("defaults", &self.sandbox.defaults.clone().into()))
+            .chain(self.sandbox.modules.iter().map(|(k, v)| (k.as_str(), v)))
+        {
             if l.call_deadline_ms == Some(0) || l.memory_mib == Some(0) {
-                return Err(format!("sandbox limits for {name}: call_deadline_ms and memory_mib must be positive"));
+                return Err(format!(
+                    "sandbox limits for {name}: call_deadline_ms and memory_mib must be positive"
+                ));
             }
             if l.memory_mib.is_some_and(|m| m > 4096) {
-                return Err(format!("sandbox limits for {name}: memory_mib is at most 4096"));
+                return Err(format!(
+                    "sandbox limits for {name}: memory_mib is at most 4096"
+                ));
             }
         }
         crate::router::validate(&self)?;

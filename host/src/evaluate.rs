@@ -110,7 +110,10 @@ impl BatchQueue {
         let mut s = self.state();
         loop {
             if let Some(tenant) = s.ring.pop_front() {
-                let q = s.per_tenant.get_mut(&tenant).expect("ring names a queued tenant");
+                let q = s
+                    .per_tenant
+                    .get_mut(&tenant)
+                    .expect("ring names a queued tenant");
                 let batch = q.pop_front().expect("ring names a non-empty queue");
                 if q.is_empty() {
                     s.per_tenant.remove(&tenant);
@@ -183,7 +186,14 @@ impl Evaluator {
             if module.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER {
                 continue;
             }
-            self.run_module(module, tenant, events, needs_raw, &mut prepared, &mut per_event);
+            self.run_module(
+                module,
+                tenant,
+                events,
+                needs_raw,
+                &mut prepared,
+                &mut per_event,
+            );
         }
         metrics::counter!("peregrine_events_evaluated_total").increment(events.len() as u64);
         per_event.into_iter().flatten().collect()
@@ -222,7 +232,8 @@ impl Evaluator {
                     }
                 },
             };
-            let event = prepared[i].get_or_insert_with(|| PreparedEvent::new(ev, tenant, needs_raw));
+            let event =
+                prepared[i].get_or_insert_with(|| PreparedEvent::new(ev, tenant, needs_raw));
             let started = Instant::now();
             let result = inst.evaluate(event, module.needs_raw_objects());
             let nanos = started.elapsed().as_nanos() as u64;
@@ -252,28 +263,47 @@ impl Evaluator {
         }
     }
 
-    fn fresh_instance(&self, module: &LoadedModule, tenant: &Arc<str>) -> Result<ModuleInstance, CallError> {
+    fn fresh_instance(
+        &self,
+        module: &LoadedModule,
+        tenant: &Arc<str>,
+    ) -> Result<ModuleInstance, CallError> {
         let state = self.states.table(tenant, &module.scope, &module.key);
-        let mut inst = self
-            .engine
-            .instantiate(&module.compiled, module.label.clone(), module.limits, state)?;
-        inst.configure(&module.config_json)?
-            .map_err(|msg| CallError::Trap(format!("configure failed on a fresh instance: {msg}")))?;
+        let mut inst = self.engine.instantiate(
+            &module.compiled,
+            module.label.clone(),
+            module.limits,
+            state,
+        )?;
+        inst.configure(&module.config_json)?.map_err(|msg| {
+            CallError::Trap(format!("configure failed on a fresh instance: {msg}"))
+        })?;
         Ok(inst)
     }
 
     /// Turns a module's alerts into host alerts: names and priorities from
     /// metadata, `rule_matching`, and a rule error for undeclared rule ids.
-    fn accept(&self, module: &LoadedModule, tenant: &Arc<str>, ev: &AuditEvent, alerts: Vec<peregrine_sdk::Alert>, out: &mut Vec<Alert>) {
+    fn accept(
+        &self,
+        module: &LoadedModule,
+        tenant: &Arc<str>,
+        ev: &AuditEvent,
+        alerts: Vec<peregrine_sdk::Alert>,
+        out: &mut Vec<Alert>,
+    ) {
         let mut accepted: Vec<(usize, Alert)> = Vec::with_capacity(alerts.len());
         for a in alerts {
             let Some((index, rule)) = module.rule(&a.rule_id) else {
-                let e = CallError::Trap(format!("returned an alert for undeclared rule id `{}`", a.rule_id));
+                let e = CallError::Trap(format!(
+                    "returned an alert for undeclared rule id `{}`",
+                    a.rule_id
+                ));
                 out.push(self.rule_error(module, tenant, ev, &e));
                 continue;
             };
             if !rule.enabled {
-                metrics::counter!("peregrine_alerts_dropped_total", "reason" => "rule_disabled").increment(1);
+                metrics::counter!("peregrine_alerts_dropped_total", "reason" => "rule_disabled")
+                    .increment(1);
                 continue;
             }
             let mut tags = rule.tags.clone();
@@ -300,10 +330,10 @@ impl Evaluator {
                 },
             ));
         }
-        if self.rule_matching == RuleMatching::First {
-            if let Some(first) = accepted.iter().map(|(i, _)| *i).min() {
-                accepted.retain(|(i, _)| *i == first);
-            }
+        if self.rule_matching == RuleMatching::First
+            && let Some(first) = accepted.iter().map(|(i, _)| *i).min()
+        {
+            accepted.retain(|(i, _)| *i == first);
         }
         if !accepted.is_empty() {
             let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
@@ -316,9 +346,19 @@ impl Evaluator {
         out.extend(accepted.into_iter().map(|(_, a)| a));
     }
 
-    fn rule_error(&self, module: &LoadedModule, tenant: &Arc<str>, ev: &AuditEvent, e: &CallError) -> Alert {
+    fn rule_error(
+        &self,
+        module: &LoadedModule,
+        tenant: &Arc<str>,
+        ev: &AuditEvent,
+        e: &CallError,
+    ) -> Alert {
         let total = module.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
-        let consecutive = module.stats.consecutive_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let consecutive = module
+            .stats
+            .consecutive_errors
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
         metrics::counter!("peregrine_rule_errors_total", "module" => module.key.clone(), "kind" => e.kind())
             .increment(1);
         tracing::warn!(module = %module.label, audit_id = %ev.audit_id, errors = total, "rule module failed: {e}");
@@ -333,13 +373,19 @@ impl Evaluator {
             rule: RULE_ERROR.to_string(),
             rule_id: "rule-error".to_string(),
             priority: Priority::Error,
-            output: format!("Rule module {} failed on event {}: {e}", module.key, ev.audit_id),
+            output: format!(
+                "Rule module {} failed on event {}: {e}",
+                module.key, ev.audit_id
+            ),
             tags: vec!["peregrine".into(), "rule_error".into()],
             fields: vec![
                 ("peregrine.error_kind".into(), Some(e.kind().to_string())),
                 ("peregrine.error".into(), Some(e.to_string())),
                 ("ka.verb".into(), Some(ev.verb.clone())),
-                ("ka.target.resource".into(), ev.resource().map(str::to_string)),
+                (
+                    "ka.target.resource".into(),
+                    ev.resource().map(str::to_string),
+                ),
             ],
             tenant: tenant.clone(),
             module: module.key.clone(),
@@ -353,9 +399,8 @@ impl Evaluator {
 /// Alerts are stamped with the event's time, as Falco does; events without a
 /// usable timestamp get the time they were evaluated.
 fn event_time(ev: &AuditEvent) -> i64 {
-    ev.time_unix_nanos().unwrap_or_else(|| {
-        time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
-    })
+    ev.time_unix_nanos()
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64)
 }
 
 /// The worker threads. OS threads, not async tasks: a Wasm call is CPU work
@@ -365,7 +410,12 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn start(n: usize, queue: Arc<BatchQueue>, evaluator: Arc<Evaluator>, sink: Arc<dyn AlertSink>) -> Self {
+    pub fn start(
+        n: usize,
+        queue: Arc<BatchQueue>,
+        evaluator: Arc<Evaluator>,
+        sink: Arc<dyn AlertSink>,
+    ) -> Self {
         let handles = (0..n.max(1))
             .map(|i| {
                 let queue = queue.clone();

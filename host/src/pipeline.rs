@@ -15,7 +15,10 @@ use crate::tenants::Tenants;
 /// Where `make rules` puts the example modules. Used when neither the command
 /// line nor the configuration names a rules directory.
 pub fn example_rules_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../example-rules/build"))
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../example-rules/build"
+    ))
 }
 
 /// The rules directories to load: `--rules` if given, else the config's
@@ -101,11 +104,20 @@ impl Pipeline {
             tracing::error!(module = %path.display(), "{err}");
         }
         if require_all && !failed.is_empty() {
-            let list: Vec<String> = failed.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect();
-            anyhow::bail!("{} module(s) failed to load:\n  {}", failed.len(), list.join("\n  "));
+            let list: Vec<String> = failed
+                .iter()
+                .map(|(p, e)| format!("{}: {e}", p.display()))
+                .collect();
+            anyhow::bail!(
+                "{} module(s) failed to load:\n  {}",
+                failed.len(),
+                list.join("\n  ")
+            );
         }
         if live == 0 {
-            tracing::warn!("no rule module is live: events will be accepted but nothing evaluates them");
+            tracing::warn!(
+                "no rule module is live: events will be accepted but nothing evaluates them"
+            );
         }
         let queue = Arc::new(BatchQueue::new(config.server.queue_events));
         let evaluator = Arc::new(Evaluator {

@@ -167,15 +167,17 @@ impl RuleManager {
     /// (Re)loads one file if its content changed since the last attempt.
     pub fn load_file(&self, scope: &Scope, path: &Path) {
         let digest = match std::fs::read(path) {
-            Ok(bytes) => {
-                use sha2::Digest;
-                hex::encode(sha2::Sha256::digest(&bytes))
-            }
+            Ok(bytes) => crate::rules::digest_of(&bytes),
             Err(e) => {
                 if e.kind() == std::io::ErrorKind::NotFound {
                     self.unload(scope, path);
                 } else {
-                    self.record_failure(scope, path, None, format!("cannot read {}: {e}", path.display()));
+                    self.record_failure(
+                        scope,
+                        path,
+                        None,
+                        format!("cannot read {}: {e}", path.display()),
+                    );
                 }
                 return;
             }
@@ -211,7 +213,9 @@ impl RuleManager {
                 (json, limits)
             }
         };
-        limits.memory_bytes = limits.memory_bytes.min(self.loader.engine().options().max_memory_bytes);
+        limits.memory_bytes = limits
+            .memory_bytes
+            .min(self.loader.engine().options().max_memory_bytes);
         let started = Instant::now();
         match self.loader.load(path, scope.clone(), &config_json, limits) {
             Ok(mut module) => {
@@ -232,7 +236,8 @@ impl RuleManager {
                 entry.attempted_digest = Some(digest);
                 self.publish(&entries);
                 metrics::counter!("peregrine_module_loads_total", "result" => "ok").increment(1);
-                metrics::histogram!("peregrine_module_load_seconds").record(started.elapsed().as_secs_f64());
+                metrics::histogram!("peregrine_module_load_seconds")
+                    .record(started.elapsed().as_secs_f64());
             }
             Err(e) => {
                 let kept = self.lock().get(&key).is_some_and(|e| e.live.is_some());
@@ -259,7 +264,9 @@ impl RuleManager {
             .filter(|((s, p), e)| s == scope && p != path && e.live.is_some())
             .count();
         if others >= max {
-            return Err(format!("tenant `{t}` already has {others} modules, its quota is {max}"));
+            return Err(format!(
+                "tenant `{t}` already has {others} modules, its quota is {max}"
+            ));
         }
         Ok(())
     }
@@ -283,11 +290,11 @@ impl RuleManager {
     /// Removes a module whose file is gone.
     pub fn unload(&self, scope: &Scope, path: &Path) {
         let mut entries = self.lock();
-        if let Some(e) = entries.remove(&(scope.clone(), path.to_path_buf())) {
-            if e.live.is_some() {
-                tracing::info!(module = %path.display(), "module unloaded: its file was removed");
-                self.publish(&entries);
-            }
+        if let Some(e) = entries.remove(&(scope.clone(), path.to_path_buf()))
+            && e.live.is_some()
+        {
+            tracing::info!(module = %path.display(), "module unloaded: its file was removed");
+            self.publish(&entries);
         }
     }
 
@@ -295,8 +302,12 @@ impl RuleManager {
     fn publish(&self, entries: &BTreeMap<(Scope, PathBuf), Entry>) {
         let generation = self.current.load().generation + 1;
         let modules = entries.values().filter_map(|e| e.live.clone()).collect();
-        self.current.store(Arc::new(RuleSet { modules, generation }));
-        metrics::gauge!("peregrine_modules_live").set(entries.values().filter(|e| e.live.is_some()).count() as f64);
+        self.current.store(Arc::new(RuleSet {
+            modules,
+            generation,
+        }));
+        metrics::gauge!("peregrine_modules_live")
+            .set(entries.values().filter(|e| e.live.is_some()).count() as f64);
     }
 
     /// Status of every module file, for the API.
@@ -308,7 +319,10 @@ impl RuleManager {
                 let m = e.live.as_deref();
                 let status = match m {
                     None => ModuleStatus::Failed,
-                    Some(m) if m.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER => {
+                    Some(m)
+                        if m.stats.consecutive_errors.load(Ordering::Relaxed)
+                            >= QUARANTINE_AFTER =>
+                    {
                         ModuleStatus::Quarantined
                     }
                     Some(_) => ModuleStatus::Live,
@@ -352,7 +366,8 @@ impl RuleManager {
                     last_attempt: rfc3339(e.last_attempt),
                     evaluations,
                     errors,
-                    mean_eval_micros: (evaluations > 0).then(|| nanos as f64 / evaluations as f64 / 1_000.0),
+                    mean_eval_micros: (evaluations > 0)
+                        .then(|| nanos as f64 / evaluations as f64 / 1_000.0),
                     rules,
                 }
             })
@@ -374,7 +389,9 @@ impl RuleManager {
             .name("peregrine-reload".into())
             .spawn(move || {
                 for result in rx {
-                    let Some(manager) = manager.upgrade() else { break };
+                    let Some(manager) = manager.upgrade() else {
+                        break;
+                    };
                     let events = match result {
                         Ok(events) => events,
                         Err(errors) => {
@@ -392,10 +409,15 @@ impl RuleManager {
                     touched.sort();
                     touched.dedup();
                     for path in touched {
-                        let Some(dir) = manager.dirs.iter().find(|d| path.parent() == Some(d.path.as_path())) else {
+                        let Some(dir) = manager
+                            .dirs
+                            .iter()
+                            .find(|d| path.parent() == Some(d.path.as_path()))
+                        else {
                             continue;
                         };
-                        let _span = tracing::info_span!("reload", module = %path.display()).entered();
+                        let _span =
+                            tracing::info_span!("reload", module = %path.display()).entered();
                         manager.load_file(&dir.scope, &path);
                     }
                 }
@@ -409,15 +431,22 @@ impl RuleManager {
 
 fn carry_stats(old: &ModuleStats) -> Arc<ModuleStats> {
     let new = ModuleStats::default();
-    new.evaluations.store(old.evaluations.load(Ordering::Relaxed), Ordering::Relaxed);
-    new.errors.store(old.errors.load(Ordering::Relaxed), Ordering::Relaxed);
-    new.eval_nanos.store(old.eval_nanos.load(Ordering::Relaxed), Ordering::Relaxed);
-    *new.rules.lock().unwrap_or_else(|p| p.into_inner()) = old.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    new.evaluations
+        .store(old.evaluations.load(Ordering::Relaxed), Ordering::Relaxed);
+    new.errors
+        .store(old.errors.load(Ordering::Relaxed), Ordering::Relaxed);
+    new.eval_nanos
+        .store(old.eval_nanos.load(Ordering::Relaxed), Ordering::Relaxed);
+    *new.rules.lock().unwrap_or_else(|p| p.into_inner()) =
+        old.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Arc::new(new)
 }
 
 /// Keeps the watcher running.
 pub struct RulesWatcher {
-    _debouncer: notify_debouncer_full::Debouncer<notify_debouncer_full::notify::RecommendedWatcher, notify_debouncer_full::RecommendedCache>,
+    _debouncer: notify_debouncer_full::Debouncer<
+        notify_debouncer_full::notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
     _thread: std::thread::JoinHandle<()>,
 }

@@ -76,6 +76,15 @@ pub struct Tenant {
     bucket: Option<Mutex<TokenBucket>>,
 }
 
+impl std::fmt::Debug for Tenant {
+    // Never print token digests.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenant")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tenant {
     /// The most events this tenant may have queued, given the queue size.
     pub fn queue_share(&self, capacity: usize) -> Option<usize> {
@@ -90,7 +99,10 @@ impl Tenant {
         let Some(bucket) = &self.bucket else {
             return Ok(());
         };
-        bucket.lock().unwrap_or_else(|p| p.into_inner()).take(events as f64, Instant::now())
+        bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(events as f64, Instant::now())
     }
 }
 
@@ -113,7 +125,8 @@ impl TokenBucket {
     }
 
     fn take(&mut self, n: f64, now: Instant) -> Result<(), u64> {
-        self.level = (self.level + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.level =
+            (self.level + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
         // A batch larger than the burst could never pass; let it through on a
         // full bucket and go into debt instead.
@@ -121,7 +134,9 @@ impl TokenBucket {
             self.level -= n;
             Ok(())
         } else {
-            Err(((n.min(self.burst) - self.level) / self.rate).ceil().max(1.0) as u64)
+            Err(((n.min(self.burst) - self.level) / self.rate)
+                .ceil()
+                .max(1.0) as u64)
         }
     }
 }
@@ -136,16 +151,27 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    pub fn from_config(auth: &AuthConfig, tenants: &BTreeMap<String, TenantConfig>) -> anyhow::Result<Self> {
+    pub fn from_config(
+        auth: &AuthConfig,
+        tenants: &BTreeMap<String, TenantConfig>,
+    ) -> anyhow::Result<Self> {
         let mut by_id = BTreeMap::new();
         for (id, cfg) in tenants {
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 anyhow::bail!("tenant id `{id}` must be letters, digits, '-' or '_'");
             }
             let mut digests: Vec<[u8; 32]> = cfg.tokens.iter().map(|t| digest(t)).collect();
             for file in &cfg.token_files {
-                let token = std::fs::read_to_string(file)
-                    .map_err(|e| anyhow::anyhow!("tenant `{id}`: cannot read token file {}: {e}", file.display()))?;
+                let token = std::fs::read_to_string(file).map_err(|e| {
+                    anyhow::anyhow!(
+                        "tenant `{id}`: cannot read token file {}: {e}",
+                        file.display()
+                    )
+                })?;
                 digests.push(digest(&token));
             }
             if cfg.tokens.iter().any(|t| t.trim().len() < 16) {
@@ -164,7 +190,9 @@ impl Tenants {
                     id: id.as_str().into(),
                     token_digests: digests,
                     open,
-                    bucket: cfg.events_per_second.map(|r| Mutex::new(TokenBucket::new(r))),
+                    bucket: cfg
+                        .events_per_second
+                        .map(|r| Mutex::new(TokenBucket::new(r))),
                     config: cfg.clone(),
                 }),
             );
@@ -198,7 +226,10 @@ impl Tenants {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .ok_or(AuthError::MissingCredentials)?;
         let offered = digest(token);
         // Check every token, without stopping at a match, in constant time.
@@ -221,7 +252,10 @@ mod tests {
     fn headers(token: Option<&str>) -> HeaderMap {
         let mut h = HeaderMap::new();
         if let Some(t) = token {
-            h.insert(header::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+            h.insert(
+                header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
         }
         h
     }
@@ -243,13 +277,28 @@ mod tests {
             AuthError::MissingCredentials
         );
         assert_eq!(
-            tenants.authenticate("team-a", &headers(Some("a-very-secret-token-2"))).unwrap_err(),
+            tenants
+                .authenticate("team-a", &headers(Some("a-very-secret-token-2")))
+                .unwrap_err(),
             AuthError::BadCredentials
         );
-        assert!(tenants.authenticate("team-a", &headers(Some("a-very-secret-token-1"))).is_ok());
-        assert_eq!(tenants.authenticate("nope", &headers(None)).unwrap_err(), AuthError::UnknownTenant);
+        assert!(
+            tenants
+                .authenticate("team-a", &headers(Some("a-very-secret-token-1")))
+                .is_ok()
+        );
+        assert_eq!(
+            tenants.authenticate("nope", &headers(None)).unwrap_err(),
+            AuthError::UnknownTenant
+        );
 
-        let closed = Tenants::from_config(&AuthConfig { default_tenant_open: false }, &BTreeMap::new()).unwrap();
+        let closed = Tenants::from_config(
+            &AuthConfig {
+                default_tenant_open: false,
+            },
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert!(closed.authenticate("default", &headers(Some("x"))).is_err());
     }
 
@@ -275,7 +324,10 @@ mod tests {
         b.at = start;
         assert!(b.take(100.0, start).is_ok());
         assert_eq!(b.take(50.0, start), Err(1));
-        assert!(b.take(50.0, start + std::time::Duration::from_millis(500)).is_ok());
+        assert!(
+            b.take(50.0, start + std::time::Duration::from_millis(500))
+                .is_ok()
+        );
         // A batch bigger than the burst passes on a full bucket, then waits.
         let later = start + std::time::Duration::from_secs(10);
         assert!(b.take(400.0, later).is_ok());

@@ -1,0 +1,336 @@
+//! Shared helpers of the integration tests: where the built rule modules and
+//! the audit corpus are, a real server on an ephemeral port, and a sink that
+//! collects the alerts it raises.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use peregrine::alert::Alert;
+use peregrine::commands::serve::Server;
+use peregrine::config::PeregrineConfig;
+use peregrine::evaluate::AlertSink;
+use peregrine::reload::RulesDir;
+use peregrine::rules::Scope;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// A module built by `scripts/build-rules.sh` from `example-rules/`.
+pub fn example_module(stem: &str) -> PathBuf {
+    built(&root().join("example-rules/build"), stem)
+}
+
+/// An optional example module (`example-rules/build/optional/`).
+pub fn optional_module(stem: &str) -> PathBuf {
+    built(&root().join("example-rules/build/optional"), stem)
+}
+
+/// A misbehaving or instrumented module from `tests/fixture-rules/`.
+pub fn fixture_module(stem: &str) -> PathBuf {
+    built(&root().join("tests/build/fixture-rules"), stem)
+}
+
+fn built(dir: &Path, stem: &str) -> PathBuf {
+    let p = dir.join(format!("{stem}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: build the rule modules first (`make rules`, which `make test` runs)",
+        p.display()
+    );
+    p
+}
+
+/// The shared audit corpus: `$PEREGRINE_AUDIT_CORPUS`, else
+/// `../shared/audit-corpus` next to the checkout.
+pub fn corpus() -> PathBuf {
+    let p = std::env::var_os("PEREGRINE_AUDIT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/audit-corpus"));
+    assert!(p.is_dir(), "the audit corpus is missing at {}", p.display());
+    p
+}
+
+pub fn corpus_file(name: &str) -> PathBuf {
+    corpus().join("falco").join(name)
+}
+
+/// One compile cache for every test, so Python and JavaScript modules are
+/// compiled once per test run, not once per test.
+pub fn shared_cache_dir() -> PathBuf {
+    let p = root().join("target/test-compile-cache");
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// A configuration for tests: ephemeral port, shared compile cache, two
+/// workers, Falco's `all` matching unless a test says otherwise.
+pub fn test_config() -> PeregrineConfig {
+    let mut c = PeregrineConfig::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.engine.cache_dir = Some(shared_cache_dir());
+    c.engine.workers = 2;
+    c
+}
+
+/// A rules directory made of copies of the given modules.
+pub fn rules_dir(modules: &[PathBuf]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for m in modules {
+        std::fs::copy(m, dir.path().join(m.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Collects every alert the pipeline raises.
+#[derive(Default, Clone)]
+pub struct Collector(Arc<Mutex<Vec<Alert>>>);
+
+impl AlertSink for Collector {
+    fn submit(&self, alerts: Vec<Alert>) {
+        self.0.lock().unwrap().extend(alerts);
+    }
+}
+
+impl Collector {
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until `pred` holds for the alerts so far (or fails after a
+    /// generous deadline, naming what it waited for).
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&[Alert]) -> bool) -> Vec<Alert> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let alerts = self.alerts();
+            if pred(&alerts) {
+                return alerts;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; alerts so far: {:#?}",
+                alerts
+                    .iter()
+                    .map(|a| (&a.rule, &a.audit_id, &a.tenant))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn rules(&self) -> Vec<String> {
+        self.alerts().into_iter().map(|a| a.rule).collect()
+    }
+}
+
+/// A real server on 127.0.0.1, an ephemeral port, with its alerts collected.
+pub struct TestServer {
+    pub server: Option<Server>,
+    pub alerts: Collector,
+    pub base: String,
+    pub client: reqwest::Client,
+    /// Keeps temporary rules directories alive.
+    pub _dirs: Vec<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Serves the global rules directory `dir` (plus tenant directories
+    /// named in `config`), watching for changes.
+    pub async fn start(config: PeregrineConfig, dir: tempfile::TempDir) -> TestServer {
+        Self::start_with(config, vec![(Scope::Global, dir)]).await
+    }
+
+    pub async fn start_with(
+        config: PeregrineConfig,
+        dirs: Vec<(Scope, tempfile::TempDir)>,
+    ) -> TestServer {
+        let alerts = Collector::default();
+        let rules_dirs = dirs
+            .iter()
+            .map(|(scope, d)| RulesDir {
+                scope: scope.clone(),
+                path: d.path().canonicalize().unwrap(),
+            })
+            .collect();
+        let server = Server::start(Arc::new(config), rules_dirs, Arc::new(alerts.clone()), true)
+            .await
+            .expect("server starts");
+        let base = format!("http://{}", server.addr());
+        TestServer {
+            server: Some(server),
+            alerts,
+            base,
+            client: reqwest::Client::new(),
+            _dirs: dirs.into_iter().map(|(_, d)| d).collect(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Posts a JSON body to the webhook path and returns status and JSON answer.
+    pub async fn post(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent");
+        let status = r.status().as_u16();
+        let json = r.json().await.unwrap_or(serde_json::Value::Null);
+        (status, json)
+    }
+
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("JSON answer")
+    }
+
+    /// Stops the server after evaluating everything queued.
+    pub async fn shutdown(mut self) -> Vec<Alert> {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await.unwrap();
+        }
+        self.alerts.alerts()
+    }
+}
+
+/// The events of a corpus or fixture file, as JSON values.
+pub fn events_of(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(v) => vec![v],
+        Err(_) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect(),
+    }
+}
+
+/// An EventList of `events`.
+pub fn event_list(events: &[serde_json::Value]) -> String {
+    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": events})
+        .to_string()
+}
+
+/// A minimal valid audit event.
+pub fn event(audit_id: &str, verb: &str, resource: &str, namespace: &str) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "Event",
+        "apiVersion": "audit.k8s.io/v1",
+        "level": "Metadata",
+        "auditID": audit_id,
+        "stage": "ResponseComplete",
+        "verb": verb,
+        "requestURI": format!("/api/v1/namespaces/{namespace}/{resource}"),
+        "user": {"username": "tester", "groups": ["system:authenticated"]},
+        "sourceIPs": ["10.0.0.1"],
+        "objectRef": {"resource": resource, "namespace": namespace, "apiVersion": "v1"},
+        "responseStatus": {"code": 200},
+        "requestReceivedTimestamp": "2026-11-27T10:00:00.000000Z",
+        "stageTimestamp": "2026-11-27T10:00:00.100000Z"
+    })
+}
+
+/// A copy of a component with a custom section appended: still valid, but
+/// with another digest, so it stands for a new version of the module.
+pub fn variant(component: &[u8], tag: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"peregrine-test-variant";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0);
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// Writes `bytes` to `path` the way deployment tools do: to a temporary
+/// name, then renamed into place.
+pub fn install(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("wasm.tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Evaluates the events of `path` with the given modules and configuration
+/// through the host's pipeline (the engine `serve` and `replay` use), and
+/// returns the alerts in event order and the rejections.
+pub fn evaluate_file(
+    config: PeregrineConfig,
+    modules: &[PathBuf],
+    path: &Path,
+) -> (Vec<Alert>, Vec<peregrine::ingest::Rejection>) {
+    let dir = rules_dir(modules);
+    let dirs = vec![RulesDir {
+        scope: Scope::Global,
+        path: dir.path().canonicalize().unwrap(),
+    }];
+    let pipeline = peregrine::pipeline::Pipeline::start(
+        Arc::new(config),
+        dirs,
+        Arc::new(Collector::default()),
+        true,
+    )
+    .expect("modules load");
+    let decoded = peregrine::ingest::replay::read_input(
+        &peregrine::ingest::replay::Input::File(path.to_path_buf()),
+        3 << 20,
+    )
+    .expect("input readable");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    if !decoded.events.is_empty() {
+        pipeline
+            .queue
+            .push(
+                peregrine::evaluate::Batch {
+                    tenant: "default".into(),
+                    events: decoded.events,
+                    reply: Some(tx),
+                },
+                None,
+            )
+            .unwrap();
+        (rx.recv().unwrap(), decoded.rejected)
+    } else {
+        (Vec::new(), decoded.rejected)
+    }
+}
+
+/// Converts a JSON object into the TOML table a module's configuration is
+/// written as.
+pub fn toml_table(json: &serde_json::Value) -> toml::Table {
+    serde::Deserialize::deserialize(json).expect("module configuration is a JSON object")
+}

@@ -31,8 +31,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let progress = if !args.no_progress && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} {wide_bar} {pos}/{len} events {per_sec} {msg}")
-                .expect("valid progress template"),
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {wide_bar} {pos}/{len} events {per_sec} {msg}",
+            )
+            .expect("valid progress template"),
         );
         Some(bar)
     } else {
@@ -50,9 +52,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let mut pending: VecDeque<(crossbeam_channel::Receiver<Vec<Alert>>, usize)> = VecDeque::new();
     let window = config.engine.worker_count() * 2;
 
-    let mut finish_one = |pending: &mut VecDeque<(crossbeam_channel::Receiver<Vec<Alert>>, usize)>| -> anyhow::Result<()> {
+    let mut finish_one = |pending: &mut VecDeque<(
+        crossbeam_channel::Receiver<Vec<Alert>>,
+        usize,
+    )>|
+     -> anyhow::Result<()> {
         if let Some((rx, n)) = pending.pop_front() {
-            let alerts = rx.recv().map_err(|_| anyhow::anyhow!("an evaluation worker stopped"))?;
+            let alerts = rx
+                .recv()
+                .map_err(|_| anyhow::anyhow!("an evaluation worker stopped"))?;
             for a in &alerts {
                 *by_rule.entry(a.rule.clone()).or_default() += 1;
             }
@@ -85,7 +93,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         };
         for p in &decoded.rejected {
             problems_total += 1;
-            let place = if p.at.is_empty() { String::new() } else { format!("{}: ", p.at) };
+            let place = if p.at.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", p.at)
+            };
             let line = format!("{input}: {place}{}", p.reason);
             match &progress {
                 Some(bar) => bar.println(line),
@@ -139,5 +151,9 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     for (rule, n) in &by_rule {
         eprintln!("  {n:>6}  {rule}");
     }
-    Ok(if problems_total > 0 || unreadable > 0 { 1 } else { 0 })
+    Ok(if problems_total > 0 || unreadable > 0 {
+        1
+    } else {
+        0
+    })
 }

@@ -40,7 +40,11 @@ impl Server {
         let pipeline = tokio::task::spawn_blocking(move || Pipeline::start(cfg, dirs, sink, false))
             .await
             .context("module loading panicked")??;
-        let watcher = if watch { Some(pipeline.rules.watch()?) } else { None };
+        let watcher = if watch {
+            Some(pipeline.rules.watch()?)
+        } else {
+            None
+        };
         let state = Arc::new(AppState {
             config: config.clone(),
             tenants: pipeline.tenants.clone(),
@@ -78,7 +82,9 @@ impl Server {
     }
 
     pub fn pipeline(&self) -> &Pipeline {
-        self.pipeline.as_ref().expect("pipeline runs until shutdown")
+        self.pipeline
+            .as_ref()
+            .expect("pipeline runs until shutdown")
     }
 
     /// Stops accepting requests, then evaluates every queued event before

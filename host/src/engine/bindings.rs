@@ -8,7 +8,7 @@ wasmtime::component::bindgen!({
     world: "rule-module",
 });
 
-pub(crate) use peregrine::rules::types as wit;
+pub(crate) use self::peregrine::rules::types as wit;
 
 impl From<wit::Priority> for sdk::Priority {
     fn from(p: wit::Priority) -> Self {

@@ -20,8 +20,12 @@ pub(super) struct CompileCache {
 
 impl CompileCache {
     pub(super) fn open(dir: &Path, engine: &Engine) -> anyhow::Result<Self> {
-        fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create the compile cache directory {}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot create the compile cache directory {}: {e}",
+                dir.display()
+            )
+        })?;
         // Deserialising compiled code is only sound if nobody else can write
         // it, so the directory is private to this user.
         #[cfg(unix)]
@@ -42,7 +46,12 @@ impl CompileCache {
         self.dir.join(format!("{digest}-{}.cwasm", self.engine_key))
     }
 
-    pub(super) fn load_or_compile(&self, engine: &Engine, bytes: &[u8], digest: &str) -> Result<(Component, bool), LoadError> {
+    pub(super) fn load_or_compile(
+        &self,
+        engine: &Engine,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(Component, bool), LoadError> {
         let path = self.path(digest);
         if path.exists() {
             // SAFETY: the file was written by `serialize` below into a
@@ -56,7 +65,8 @@ impl CompileCache {
                 }
             }
         }
-        let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        let component =
+            Component::new(engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         match component.serialize() {
             Ok(compiled) => {
                 if let Err(e) = write_atomically(&path, &compiled) {

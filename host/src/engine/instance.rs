@@ -6,7 +6,9 @@ use peregrine_sdk as sdk;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store, Trap};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
-use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{
+    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
+};
 
 use super::bindings::{self, RuleModulePre, peregrine::rules as imports, wit};
 use super::{Permit, SandboxLimits};
@@ -57,7 +59,12 @@ struct MemoryCap {
 }
 
 impl ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         let after = self.used.saturating_sub(current).saturating_add(desired);
         if after > self.cap {
             self.exceeded = true;
@@ -67,7 +74,12 @@ impl ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         // Tables cost a pointer per element; bound them by the same budget.
         Ok(desired.saturating_mul(std::mem::size_of::<usize>()) <= self.cap)
     }
@@ -143,12 +155,26 @@ impl StoreData {
 }
 
 impl imports::state::Host for StoreData {
-    fn counter_add(&mut self, key: String, delta: u32, window_seconds: u32, now_unix_nanos: i64) -> u64 {
-        self.state().counter_add(&key, delta, window_seconds, now_unix_nanos)
+    fn counter_add(
+        &mut self,
+        key: String,
+        delta: u32,
+        window_seconds: u32,
+        now_unix_nanos: i64,
+    ) -> u64 {
+        self.state()
+            .counter_add(&key, delta, window_seconds, now_unix_nanos)
     }
 
-    fn distinct_add(&mut self, key: String, member: String, window_seconds: u32, now_unix_nanos: i64) -> u64 {
-        self.state().distinct_add(&key, &member, window_seconds, now_unix_nanos)
+    fn distinct_add(
+        &mut self,
+        key: String,
+        member: String,
+        window_seconds: u32,
+        now_unix_nanos: i64,
+    ) -> u64 {
+        self.state()
+            .distinct_add(&key, &member, window_seconds, now_unix_nanos)
     }
 
     fn first_seen(&mut self, key: String, ttl_seconds: u32, now_unix_nanos: i64) -> bool {
@@ -228,7 +254,9 @@ impl ModuleInstance {
         let mut store = Store::new(engine, data);
         store.limiter(|d| &mut d.memory);
         store.epoch_deadline_trap();
-        let deadline_ticks = (limits.call_deadline.as_nanos() as u64).div_ceil(tick_nanos).max(1);
+        let deadline_ticks = (limits.call_deadline.as_nanos() as u64)
+            .div_ceil(tick_nanos)
+            .max(1);
         store.set_epoch_deadline(deadline_ticks.saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)));
         let bindings = match pre.instantiate(&mut store) {
             Ok(b) => b,
@@ -259,8 +287,10 @@ impl ModuleInstance {
     }
 
     pub fn metadata(&mut self) -> Result<sdk::ModuleInfo, CallError> {
-        self.store
-            .set_epoch_deadline(self.deadline_ticks.saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)));
+        self.store.set_epoch_deadline(
+            self.deadline_ticks
+                .saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)),
+        );
         match self.bindings.call_metadata(&mut self.store) {
             Ok(m) => Ok(m.into()),
             Err(e) => Err(self.fail(e)),
@@ -269,14 +299,20 @@ impl ModuleInstance {
 
     /// The module's own verdict on the configuration is the inner result.
     pub fn configure(&mut self, config_json: &str) -> Result<Result<(), String>, CallError> {
-        self.store
-            .set_epoch_deadline(self.deadline_ticks.saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)));
+        self.store.set_epoch_deadline(
+            self.deadline_ticks
+                .saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)),
+        );
         self.bindings
             .call_configure(&mut self.store, config_json)
             .map_err(|e| self.fail(e))
     }
 
-    pub fn evaluate(&mut self, event: &PreparedEvent, needs_raw: bool) -> Result<Vec<sdk::Alert>, CallError> {
+    pub fn evaluate(
+        &mut self,
+        event: &PreparedEvent,
+        needs_raw: bool,
+    ) -> Result<Vec<sdk::Alert>, CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         let alerts = self
             .bindings
@@ -311,7 +347,12 @@ impl ModuleInstance {
     }
 }
 
-fn classify(store: &Store<StoreData>, stderr: &MemoryOutputPipe, limits: SandboxLimits, e: wasmtime::Error) -> CallError {
+fn classify(
+    store: &Store<StoreData>,
+    stderr: &MemoryOutputPipe,
+    limits: SandboxLimits,
+    e: wasmtime::Error,
+) -> CallError {
     if store.data().memory.exceeded {
         return CallError::OutOfMemory(limits.memory_bytes);
     }

@@ -130,8 +130,11 @@ impl WasmEngine {
 
         let mut linker: Linker<StoreData> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("{e:#}"))?;
-        bindings::RuleModule::add_to_linker::<_, wasmtime::component::HasSelf<StoreData>>(&mut linker, |d| d)
-            .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+        bindings::RuleModule::add_to_linker::<_, wasmtime::component::HasSelf<StoreData>>(
+            &mut linker,
+            |d| d,
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
 
         let cache = match &options.cache_dir {
             Some(dir) => Some(cache::CompileCache::open(dir, &engine)?),
@@ -178,7 +181,8 @@ impl WasmEngine {
         let (component, from_cache) = match &self.cache {
             Some(cache) => cache.load_or_compile(&self.engine, bytes, digest)?,
             None => (
-                Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
+                Component::new(&self.engine, bytes)
+                    .map_err(|e| LoadError::Invalid(format!("{e:#}")))?,
                 false,
             ),
         };
@@ -210,7 +214,15 @@ impl WasmEngine {
         state: Arc<Mutex<peregrine_sdk::state::StateTable>>,
     ) -> Result<ModuleInstance, CallError> {
         let permit = Permit::acquire(&self.permits);
-        instance::ModuleInstance::new(&self.engine, &module.pre, label, limits, state, self.tick_nanos, permit)
+        instance::ModuleInstance::new(
+            &self.engine,
+            &module.pre,
+            label,
+            limits,
+            state,
+            self.tick_nanos,
+            permit,
+        )
     }
 }
 
@@ -220,8 +232,18 @@ fn provided_by_host(import: &str) -> bool {
     if import.starts_with("peregrine:rules/") {
         return true;
     }
-    const WASI: [&str; 6] = ["wasi:cli/", "wasi:clocks/", "wasi:filesystem/", "wasi:io/", "wasi:random/", "wasi:sockets/"];
-    WASI.iter().any(|p| import.starts_with(p)) && import.split_once('@').is_some_and(|(_, v)| v.starts_with("0.2."))
+    const WASI: [&str; 6] = [
+        "wasi:cli/",
+        "wasi:clocks/",
+        "wasi:filesystem/",
+        "wasi:io/",
+        "wasi:random/",
+        "wasi:sockets/",
+    ];
+    WASI.iter().any(|p| import.starts_with(p))
+        && import
+            .split_once('@')
+            .is_some_and(|(_, v)| v.starts_with("0.2."))
 }
 
 /// Links every import the host does not provide as functions that trap.
@@ -250,7 +272,11 @@ fn stub_unprovided_imports(
                             })?;
                         }
                         ComponentItem::Resource(_) => {
-                            inst.resource(export, wasmtime::component::ResourceType::host::<()>(), |_, _| Ok(()))?;
+                            inst.resource(
+                                export,
+                                wasmtime::component::ResourceType::host::<()>(),
+                                |_, _| Ok(()),
+                            )?;
                         }
                         _ => {}
                     }

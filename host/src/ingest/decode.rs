@@ -38,7 +38,11 @@ pub struct Decoded {
     pub rejected: Vec<Rejection>,
 }
 
-const API_VERSIONS: [&str; 3] = ["audit.k8s.io/v1", "audit.k8s.io/v1beta1", "audit.k8s.io/v1alpha1"];
+const API_VERSIONS: [&str; 3] = [
+    "audit.k8s.io/v1",
+    "audit.k8s.io/v1beta1",
+    "audit.k8s.io/v1alpha1",
+];
 
 #[derive(Deserialize)]
 struct Kind<'a> {
@@ -56,13 +60,15 @@ struct List<'a> {
 
 /// Decodes a payload. `max_event_bytes` caps each event's JSON text.
 pub fn decode_payload(body: &[u8], max_event_bytes: usize) -> Result<Decoded, PayloadError> {
-    let text = std::str::from_utf8(body).map_err(|e| PayloadError::NotJson(format!("not UTF-8: {e}")))?;
-    let root: &RawValue = serde_json::from_str(text).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+    let text =
+        std::str::from_utf8(body).map_err(|e| PayloadError::NotJson(format!("not UTF-8: {e}")))?;
+    let root: &RawValue =
+        serde_json::from_str(text).map_err(|e| PayloadError::NotJson(e.to_string()))?;
     let mut out = Decoded::default();
     match root.get().as_bytes().first() {
         Some(b'[') => {
-            let items: Vec<&RawValue> =
-                serde_json::from_str(root.get()).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+            let items: Vec<&RawValue> = serde_json::from_str(root.get())
+                .map_err(|e| PayloadError::NotJson(e.to_string()))?;
             for (i, item) in items.into_iter().enumerate() {
                 decode_item(item, i, max_event_bytes, true, &mut out);
             }
@@ -77,7 +83,10 @@ pub fn decode_payload(body: &[u8], max_event_bytes: usize) -> Result<Decoded, Pa
     }
     // A payload in which nothing at all was an audit event is refused whole,
     // so a misconfigured sender gets a 400 it can see, not a 200.
-    if out.events.is_empty() && !out.rejected.is_empty() && out.rejected.iter().all(|r| r.kind == "not_an_event") {
+    if out.events.is_empty()
+        && !out.rejected.is_empty()
+        && out.rejected.iter().all(|r| r.kind == "not_an_event")
+    {
         return Err(PayloadError::NotAudit(out.rejected[0].reason.clone()));
     }
     Ok(out)
@@ -86,17 +95,30 @@ pub fn decode_payload(body: &[u8], max_event_bytes: usize) -> Result<Decoded, Pa
 /// `index` is `usize::MAX` for a payload that is a single object.
 /// `list_allowed`: an EventList may stand here (at the root, or as an item
 /// of a root array), but not inside another list.
-fn decode_item(item: &RawValue, index: usize, max_event_bytes: usize, list_allowed: bool, out: &mut Decoded) {
+fn decode_item(
+    item: &RawValue,
+    index: usize,
+    max_event_bytes: usize,
+    list_allowed: bool,
+    out: &mut Decoded,
+) {
     let reject = |out: &mut Decoded, kind: &'static str, reason: String| {
-        let at = if index == usize::MAX { String::new() } else { format!("item {index}") };
+        let at = if index == usize::MAX {
+            String::new()
+        } else {
+            format!("item {index}")
+        };
         out.rejected.push(Rejection { at, reason, kind });
     };
     let head: Kind = match serde_json::from_str(item.get()) {
         Ok(h) => h,
         Err(_) => return reject(out, "not_an_event", "item is not a JSON object".into()),
     };
-    let kind = head.kind.and_then(|k| serde_json::from_str::<String>(k.get()).ok());
-    if let Some(v) = head.api_version {
+    let kind = head
+        .kind
+        .and_then(|k| serde_json::from_str::<String>(k.get()).ok());
+    let is_audit_kind = matches!(kind.as_deref(), Some("Event") | Some("EventList"));
+    if let (true, Some(v)) = (is_audit_kind, head.api_version) {
         match serde_json::from_str::<String>(v.get()) {
             Ok(v) if API_VERSIONS.contains(&v.as_str()) => {}
             Ok(v) => {
@@ -121,9 +143,19 @@ fn decode_item(item: &RawValue, index: usize, max_event_bytes: usize, list_allow
                     ),
                 );
             }
-            match serde_json::from_str::<AuditEvent>(item.get()) {
+            let mut de = serde_json::Deserializer::from_str(item.get());
+            match serde_path_to_error::deserialize::<_, AuditEvent>(&mut de) {
                 Ok(ev) => out.events.push(ev),
-                Err(e) => reject(out, "invalid", format!("invalid audit event: {e}")),
+                Err(e) if e.path().to_string() == "." => reject(
+                    out,
+                    "invalid",
+                    format!("invalid audit event: {}", e.inner()),
+                ),
+                Err(e) => reject(
+                    out,
+                    "invalid",
+                    format!("invalid audit event: field `{}`: {}", e.path(), e.inner()),
+                ),
             }
         }
         Some("EventList") if list_allowed => {
@@ -159,42 +191,89 @@ mod tests {
         let d = decode_payload(EV.as_bytes(), 1 << 20).unwrap();
         assert_eq!(d.events.len(), 1);
         let list = format!(r#"{{"kind":"EventList","items":[{EV},{EV}]}}"#);
-        assert_eq!(decode_payload(list.as_bytes(), 1 << 20).unwrap().events.len(), 2);
-        let arr = format!(r#"[{EV},{}]"#, EV.replace(r#""apiVersion":"audit.k8s.io/v1","#, ""));
-        assert_eq!(decode_payload(arr.as_bytes(), 1 << 20).unwrap().events.len(), 2);
+        assert_eq!(
+            decode_payload(list.as_bytes(), 1 << 20)
+                .unwrap()
+                .events
+                .len(),
+            2
+        );
+        let arr = format!(
+            r#"[{EV},{}]"#,
+            EV.replace(r#""apiVersion":"audit.k8s.io/v1","#, "")
+        );
+        assert_eq!(
+            decode_payload(arr.as_bytes(), 1 << 20)
+                .unwrap()
+                .events
+                .len(),
+            2
+        );
         let beta = EV.replace("audit.k8s.io/v1", "audit.k8s.io/v1beta1");
-        assert_eq!(decode_payload(beta.as_bytes(), 1 << 20).unwrap().events.len(), 1);
+        assert_eq!(
+            decode_payload(beta.as_bytes(), 1 << 20)
+                .unwrap()
+                .events
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn falco_fal_01_003_is_refused_clearly() {
         let e = decode_payload(br#"{"kind": 0}"#, 1 << 20).unwrap_err();
-        assert!(e.to_string().contains("data not recognized as a k8s audit event"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("data not recognized as a k8s audit event"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_items_are_rejected_with_reasons_and_siblings_kept() {
-        let big = EV.replace(r#""verb":"get""#, &format!(r#""verb":"get","userAgent":"{}""#, "x".repeat(500)));
+        let big = EV.replace(
+            r#""verb":"get""#,
+            &format!(r#""verb":"get","userAgent":"{}""#, "x".repeat(500)),
+        );
         let body = format!(
-            r#"{{"kind":"EventList","items":[{EV},{{"kind":"Event","auditID":7}},42,{big},{{"kind":"Event","apiVersion":"v2"}}]}}"#
+            r#"{{"kind":"EventList","items":[{EV},{{"kind":"Event","auditID":7}},42,{big},{{"kind":"Event","apiVersion":"v2"}},{{"kind":"Pod","apiVersion":"v1"}}]}}"#
         );
         let d = decode_payload(body.as_bytes(), 300).unwrap();
         assert_eq!(d.events.len(), 1);
         let kinds: Vec<_> = d.rejected.iter().map(|r| (r.at.as_str(), r.kind)).collect();
         assert_eq!(
             kinds,
-            [("item 1", "invalid"), ("item 2", "not_an_event"), ("item 3", "too_large"), ("item 4", "unsupported_version")]
+            [
+                ("item 1", "invalid"),
+                ("item 2", "not_an_event"),
+                ("item 3", "too_large"),
+                ("item 4", "unsupported_version"),
+                ("item 5", "not_an_event")
+            ]
         );
-        assert!(d.rejected[0].reason.contains("auditID"), "{}", d.rejected[0].reason);
+        assert!(
+            d.rejected[0].reason.contains("auditID"),
+            "{}",
+            d.rejected[0].reason
+        );
     }
 
     #[test]
     fn garbage_is_not_json() {
         for body in [&b"{not json"[..], b"", b"\xff\xfe", b"[1,2"] {
-            assert!(matches!(decode_payload(body, 1 << 20), Err(PayloadError::NotJson(_))));
+            assert!(matches!(
+                decode_payload(body, 1 << 20),
+                Err(PayloadError::NotJson(_))
+            ));
         }
-        assert!(matches!(decode_payload(b"\"str\"", 1 << 20), Err(PayloadError::NotAudit(_))));
-        assert!(matches!(decode_payload(b"[1, 2]", 1 << 20), Err(PayloadError::NotAudit(_))));
+        assert!(matches!(
+            decode_payload(b"\"str\"", 1 << 20),
+            Err(PayloadError::NotAudit(_))
+        ));
+        assert!(matches!(
+            decode_payload(b"[1, 2]", 1 << 20),
+            Err(PayloadError::NotAudit(_))
+        ));
     }
 
     #[test]

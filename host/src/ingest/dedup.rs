@@ -8,14 +8,25 @@ use std::sync::Mutex;
 /// forgotten first. Retries arrive within seconds, so a window of the last
 /// N events is enough.
 pub struct Dedup {
-    inner: Mutex<(HashSet<(String, String, String)>, VecDeque<(String, String, String)>)>,
+    inner: Mutex<Remembered>,
     capacity: usize,
+}
+
+/// (tenant, auditID, stage)
+type Key = (String, String, String);
+
+#[derive(Default)]
+struct Remembered {
+    keys: HashSet<Key>,
+    /// Oldest first. A forgotten key may linger here; evicting it later only
+    /// makes a duplicate possible, never a loss.
+    order: VecDeque<Key>,
 }
 
 impl Dedup {
     pub fn new(capacity: usize) -> Self {
         Dedup {
-            inner: Mutex::new((HashSet::new(), VecDeque::new())),
+            inner: Mutex::new(Remembered::default()),
             capacity,
         }
     }
@@ -27,28 +38,27 @@ impl Dedup {
             return false;
         }
         let key = (tenant.to_string(), audit_id.to_string(), stage.to_string());
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (set, order) = &mut *guard;
-        if set.contains(&key) {
+        let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if r.keys.contains(&key) {
             return true;
         }
-        if order.len() >= self.capacity {
-            if let Some(old) = order.pop_front() {
-                set.remove(&old);
-            }
+        if r.order.len() >= self.capacity
+            && let Some(old) = r.order.pop_front()
+        {
+            r.keys.remove(&old);
         }
-        set.insert(key.clone());
-        order.push_back(key);
+        r.keys.insert(key.clone());
+        r.order.push_back(key);
         false
     }
 
     /// Forgets keys, e.g. when their batch could not be queued and the
     /// apiserver will send them again.
     pub fn forget<'a>(&self, tenant: &str, keys: impl Iterator<Item = (&'a str, &'a str)>) {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (set, _) = &mut *guard;
+        let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for (audit_id, stage) in keys {
-            set.remove(&(tenant.to_string(), audit_id.to_string(), stage.to_string()));
+            r.keys
+                .remove(&(tenant.to_string(), audit_id.to_string(), stage.to_string()));
         }
     }
 }
@@ -62,8 +72,14 @@ mod tests {
         let d = Dedup::new(2);
         assert!(!d.seen("t", "a", "ResponseComplete"));
         assert!(d.seen("t", "a", "ResponseComplete"));
-        assert!(!d.seen("t", "a", "RequestReceived"), "another stage is another event");
-        assert!(!d.seen("u", "a", "ResponseComplete"), "another tenant is another event");
+        assert!(
+            !d.seen("t", "a", "RequestReceived"),
+            "another stage is another event"
+        );
+        assert!(
+            !d.seen("u", "a", "ResponseComplete"),
+            "another tenant is another event"
+        );
         assert!(!d.seen("t", "a", "ResponseComplete"), "evicted by capacity");
         assert!(!d.seen("t", "", "ResponseComplete"));
         assert!(!d.seen("t", "", "ResponseComplete"));

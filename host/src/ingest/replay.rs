@@ -53,7 +53,10 @@ pub fn expand_inputs(paths: &[PathBuf]) -> std::io::Result<Vec<Input>> {
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        if path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
             continue;
         }
         if path.is_dir() {
@@ -104,10 +107,15 @@ pub fn decode_input(bytes: &[u8], max_event_bytes: usize) -> Decoded {
         match decode_payload(line, max_event_bytes) {
             Ok(d) => {
                 out.events.extend(d.events);
-                out.rejected.extend(d.rejected.into_iter().map(|r| Rejection {
-                    at: if r.at.is_empty() { at.clone() } else { format!("{at} {}", r.at) },
-                    ..r
-                }));
+                out.rejected
+                    .extend(d.rejected.into_iter().map(|r| Rejection {
+                        at: if r.at.is_empty() {
+                            at.clone()
+                        } else {
+                            format!("{at} {}", r.at)
+                        },
+                        ..r
+                    }));
             }
             Err(e) => out.rejected.push(Rejection {
                 at,
@@ -131,7 +139,9 @@ mod tests {
     #[test]
     fn reads_documents_and_json_lines() {
         assert_eq!(decode_input(EV.as_bytes(), 1 << 20).events.len(), 1);
-        let pretty = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(EV).unwrap()).unwrap();
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(EV).unwrap())
+                .unwrap();
         assert_eq!(decode_input(pretty.as_bytes(), 1 << 20).events.len(), 1);
         let lines = format!("{EV}\n\n{EV}\nnot json\n{{\"kind\":\"Pod\"}}\n{EV}\n");
         let r = decode_input(lines.as_bytes(), 1 << 20);
@@ -145,6 +155,10 @@ mod tests {
         let r = decode_input(br#"{"kind": 0}"#, 1 << 20);
         assert!(r.events.is_empty());
         assert_eq!(r.rejected.len(), 1);
-        assert!(r.rejected[0].reason.starts_with("data not recognized as a k8s audit event"));
+        assert!(
+            r.rejected[0]
+                .reason
+                .starts_with("data not recognized as a k8s audit event")
+        );
     }
 }

@@ -28,15 +28,27 @@ pub struct IngestSummary {
 }
 
 pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message.into() }))).into_response()
+    (
+        status,
+        axum::Json(serde_json::json!({ "error": message.into() })),
+    )
+        .into_response()
 }
 
-fn reject_request(reason: &'static str, status: StatusCode, message: impl Into<String>) -> Response {
+fn reject_request(
+    reason: &'static str,
+    status: StatusCode,
+    message: impl Into<String>,
+) -> Response {
     metrics::counter!("peregrine_requests_rejected_total", "reason" => reason).increment(1);
     error_response(status, message)
 }
 
-pub(crate) async fn ingest_default(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn ingest_default(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     ingest(app, crate::tenants::DEFAULT_TENANT, headers, body).await
 }
 
@@ -54,12 +66,18 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
     let tenant = match app.tenants.authenticate(tenant_id, &headers) {
         Ok(t) => t,
         Err(AuthError::UnknownTenant) => {
-            return reject_request("unknown_tenant", StatusCode::NOT_FOUND, format!("unknown tenant `{tenant_id}`"));
+            return reject_request(
+                "unknown_tenant",
+                StatusCode::NOT_FOUND,
+                format!("unknown tenant `{tenant_id}`"),
+            );
         }
         Err(e @ (AuthError::MissingCredentials | AuthError::BadCredentials)) => {
             let mut r = reject_request("unauthorized", StatusCode::UNAUTHORIZED, e.to_string());
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return r;
         }
     };
@@ -86,7 +104,11 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
                     format!("request body is over the {limit}-byte limit"),
                 )
             } else {
-                reject_request("read_error", StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))
+                reject_request(
+                    "read_error",
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read request body: {e}"),
+                )
             };
         }
     };
@@ -101,7 +123,12 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
     {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => return reject_request("bad_payload", StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e) => return error_response(StatusCode::INTERNAL_SERVER_ERROR, format!("decoder failed: {e}")),
+        Err(e) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("decoder failed: {e}"),
+            );
+        }
     };
     for r in &decoded.rejected {
         metrics::counter!("peregrine_events_rejected_total", "reason" => r.kind).increment(1);
@@ -127,21 +154,39 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
 
     let accepted = events.len();
     if let Err(retry_after) = tenant.admit(accepted) {
-        app.dedup.forget(&tenant.id, events.iter().map(|e| (e.audit_id.as_str(), e.stage.as_str())));
-        metrics::counter!("peregrine_requests_rejected_total", "reason" => "tenant_rate").increment(1);
-        return too_many(retry_after, format!("tenant `{}` is over its events-per-second quota", tenant.id));
+        app.dedup.forget(
+            &tenant.id,
+            events
+                .iter()
+                .map(|e| (e.audit_id.as_str(), e.stage.as_str())),
+        );
+        metrics::counter!("peregrine_requests_rejected_total", "reason" => "tenant_rate")
+            .increment(1);
+        return too_many(
+            retry_after,
+            format!("tenant `{}` is over its events-per-second quota", tenant.id),
+        );
     }
     if accepted > 0 {
-        let keys: Vec<(String, String)> = events.iter().map(|e| (e.audit_id.clone(), e.stage.clone())).collect();
+        let keys: Vec<(String, String)> = events
+            .iter()
+            .map(|e| (e.audit_id.clone(), e.stage.clone()))
+            .collect();
         let batch = Batch {
             tenant: tenant.id.clone(),
             events,
             reply: None,
         };
-        if let Err(e) = app.queue.push(batch, tenant.queue_share(app.queue.capacity())) {
+        if let Err(e) = app
+            .queue
+            .push(batch, tenant.queue_share(app.queue.capacity()))
+        {
             // Not queued, so not acknowledged: the apiserver will resend, and
             // the resent events must not be dropped as duplicates.
-            app.dedup.forget(&tenant.id, keys.iter().map(|(a, s)| (a.as_str(), s.as_str())));
+            app.dedup.forget(
+                &tenant.id,
+                keys.iter().map(|(a, s)| (a.as_str(), s.as_str())),
+            );
             let reason = match e {
                 QueueError::Full => "queue_full",
                 QueueError::TenantFull => "tenant_queue_full",
@@ -167,8 +212,10 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
 
 fn too_many(retry_after_secs: u64, message: String) -> Response {
     let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, message);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from(retry_after_secs.max(1)));
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from(retry_after_secs.max(1)),
+    );
     r
 }
 
@@ -191,7 +238,9 @@ fn body_kind(headers: &HeaderMap) -> Option<BodyKind> {
         .to_ascii_lowercase();
     match mime.as_str() {
         "application/json" => Some(BodyKind::Json),
-        "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => Some(BodyKind::JsonLines),
+        "application/x-ndjson" | "application/jsonl" | "application/jsonlines" => {
+            Some(BodyKind::JsonLines)
+        }
         m if m.ends_with("+json") => Some(BodyKind::Json),
         _ => None,
     }

@@ -21,7 +21,10 @@ const MAX_TEXT: usize = 4_096;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadFailure {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is {size} bytes, over the {MAX_MODULE_BYTES}-byte limit for a module")]
     TooLarge { path: PathBuf, size: u64 },
     #[error(transparent)]
@@ -46,6 +49,12 @@ pub fn discover_modules(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The sha256 of a module file, in hex: its identity in alerts, the API and
+/// the compile cache.
+pub fn digest_of(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// Module key: the file name without `.wasm`.
 pub fn module_key(path: &Path) -> String {
     path.file_stem()
@@ -65,7 +74,11 @@ pub struct ModuleLoader {
 }
 
 impl ModuleLoader {
-    pub fn new(engine: Arc<WasmEngine>, config: Arc<PeregrineConfig>, states: Arc<StateStore>) -> Self {
+    pub fn new(
+        engine: Arc<WasmEngine>,
+        config: Arc<PeregrineConfig>,
+        states: Arc<StateStore>,
+    ) -> Self {
         ModuleLoader {
             engine,
             config,
@@ -89,7 +102,13 @@ impl ModuleLoader {
     /// Loads `path` for `scope` with its configuration (JSON text) and
     /// sandbox limits.
     #[tracing::instrument(name = "load", skip_all, fields(module = %path.display(), digest))]
-    pub fn load(&self, path: &Path, scope: Scope, config_json: &str, limits: SandboxLimits) -> Result<LoadedModule, LoadFailure> {
+    pub fn load(
+        &self,
+        path: &Path,
+        scope: Scope,
+        config_json: &str,
+        limits: SandboxLimits,
+    ) -> Result<LoadedModule, LoadFailure> {
         let read_err = |source| LoadFailure::Read {
             path: path.to_path_buf(),
             source,
@@ -102,7 +121,7 @@ impl ModuleLoader {
             });
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
-        let digest = hex::encode(Sha256::digest(&bytes));
+        let digest = digest_of(&bytes);
         tracing::Span::current().record("digest", &digest[..12]);
         let compiled = self.compiled(&bytes, &digest)?;
 
@@ -113,8 +132,12 @@ impl ModuleLoader {
             Scope::Tenant(t) => t.clone(),
         };
         let state = self.states.table(&probe_tenant, &scope, &key);
-        let mut instance = self.engine.instantiate(&compiled, label.clone(), limits, state)?;
-        instance.configure(config_json)?.map_err(LoadFailure::Config)?;
+        let mut instance = self
+            .engine
+            .instantiate(&compiled, label.clone(), limits, state)?;
+        instance
+            .configure(config_json)?
+            .map_err(LoadFailure::Config)?;
         let info = instance.metadata()?;
         validate_metadata(&info).map_err(LoadFailure::Metadata)?;
 
@@ -194,9 +217,15 @@ fn validate_metadata(info: &ModuleInfo) -> Result<(), String> {
         if !seen.insert(r.id.as_str()) {
             return Err(format!("rule id `{}` is declared twice", r.id));
         }
-        let text = r.id.len() + r.name.len() + r.description.len() + r.tags.iter().map(String::len).sum::<usize>();
+        let text = r.id.len()
+            + r.name.len()
+            + r.description.len()
+            + r.tags.iter().map(String::len).sum::<usize>();
         if text > MAX_TEXT * 4 {
-            return Err(format!("rule `{}` has {text} bytes of metadata text, too much", r.id));
+            return Err(format!(
+                "rule `{}` has {text} bytes of metadata text, too much",
+                r.id
+            ));
         }
     }
     Ok(())

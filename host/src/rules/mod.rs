@@ -15,7 +15,7 @@ use peregrine_sdk::{ModuleInfo, RuleInfo};
 
 use crate::engine::{CompiledModule, SandboxLimits};
 
-pub use loader::{LoadFailure, ModuleLoader, discover_modules, module_key};
+pub use loader::{LoadFailure, ModuleLoader, digest_of, discover_modules, module_key};
 pub use state::StateStore;
 
 /// Who a module serves: every tenant, or one.
@@ -71,7 +71,10 @@ impl LoadedModule {
     }
 
     /// The enabled rules whose prefilter admits the event.
-    pub fn admitting_rules<'a>(&'a self, ev: &'a AuditEvent) -> impl Iterator<Item = &'a RuleInfo> + 'a {
+    pub fn admitting_rules<'a>(
+        &'a self,
+        ev: &'a AuditEvent,
+    ) -> impl Iterator<Item = &'a RuleInfo> + 'a {
         self.info.rules.iter().filter(move |r| rule_admits(r, ev))
     }
 
@@ -87,7 +90,9 @@ impl LoadedModule {
 }
 
 fn rule_admits(r: &RuleInfo, ev: &AuditEvent) -> bool {
-    r.enabled && r.prefilter.admits(&ev.verb, ev.resource(), ev.subresource(), &ev.stage)
+    r.enabled
+        && r.prefilter
+            .admits(&ev.verb, ev.resource(), ev.subresource(), &ev.stage)
 }
 
 /// The modules live at one moment. Immutable: a reload builds a new one and
@@ -100,8 +105,13 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    pub fn for_tenant<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a Arc<LoadedModule>> + 'a {
-        self.modules.iter().filter(move |m| m.scope.admits_tenant(tenant))
+    pub fn for_tenant<'a>(
+        &'a self,
+        tenant: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<LoadedModule>> + 'a {
+        self.modules
+            .iter()
+            .filter(move |m| m.scope.admits_tenant(tenant))
     }
 
     /// Whether some module that serves `tenant` reads raw objects.

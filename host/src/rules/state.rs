@@ -5,12 +5,15 @@ use peregrine_sdk::state::{StateLimits, StateTable};
 
 use super::Scope;
 
+/// (tenant, module scope, module key)
+type TableKey = (Arc<str>, Scope, String);
+
 /// The state of stateful rules, one bounded table per (tenant, module). It
 /// lives in the host, not in the instance, so it survives fresh instances
 /// and reloads.
 #[derive(Default)]
 pub struct StateStore {
-    tables: Mutex<HashMap<(Arc<str>, Scope, String), Arc<Mutex<StateTable>>>>,
+    tables: Mutex<HashMap<TableKey, Arc<Mutex<StateTable>>>>,
     limits: StateLimits,
 }
 

@@ -6,7 +6,14 @@
 use peregrine_sdk::{Alert, Event, ModuleInfo, Priority, RuleModule, format_list, na, rule};
 use serde::Deserialize;
 
-const WORKLOADS: [&str; 6] = ["deployments", "daemonsets", "statefulsets", "replicasets", "jobs", "cronjobs"];
+const WORKLOADS: [&str; 6] = [
+    "deployments",
+    "daemonsets",
+    "statefulsets",
+    "replicasets",
+    "jobs",
+    "cronjobs",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -21,9 +28,18 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             trusted_namespaces: vec!["kube-system".into()],
-            sensitive_host_paths: ["/", "/etc", "/proc", "/root", "/var/run/docker.sock", "/run/containerd", "/var/lib/kubelet", "/home"]
-                .map(String::from)
-                .to_vec(),
+            sensitive_host_paths: [
+                "/",
+                "/etc",
+                "/proc",
+                "/root",
+                "/var/run/docker.sock",
+                "/run/containerd",
+                "/var/lib/kubelet",
+                "/home",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -73,7 +89,10 @@ impl RuleModule for WorkloadHardening {
 
     fn evaluate(&self, event: &Event) -> Vec<Alert> {
         let mut alerts = Vec::new();
-        if event.response_code().is_some_and(|c| !(200..300).contains(&c)) {
+        if event
+            .response_code()
+            .is_some_and(|c| !(200..300).contains(&c))
+        {
             return alerts;
         }
         if event
@@ -108,15 +127,27 @@ impl RuleModule for WorkloadHardening {
             .collect();
         if !privileged.is_empty() {
             alerts.push(
-                base("privileged-workload", &format!("Workload template with privileged containers {}", format_list(&privileged)))
-                    .field("ka.req.pod.containers.image", privileged.as_slice()),
+                base(
+                    "privileged-workload",
+                    &format!(
+                        "Workload template with privileged containers {}",
+                        format_list(&privileged)
+                    ),
+                )
+                .field("ka.req.pod.containers.image", privileged.as_slice()),
             );
         }
         let mounts: Vec<&str> = spec.host_paths().filter(|p| self.sensitive(p)).collect();
         if !mounts.is_empty() {
             alerts.push(
-                base("host-mount-workload", &format!("Workload template mounts sensitive host paths {}", format_list(&mounts)))
-                    .field("ka.req.pod.volumes.hostpath", mounts.as_slice()),
+                base(
+                    "host-mount-workload",
+                    &format!(
+                        "Workload template mounts sensitive host paths {}",
+                        format_list(&mounts)
+                    ),
+                )
+                .field("ka.req.pod.volumes.hostpath", mounts.as_slice()),
             );
         }
         alerts
@@ -151,25 +182,47 @@ mod tests {
         let alerts = h.evaluate_json(&daemonset("default", true, "/"));
         assert_eq!(
             h.rule_names(&alerts),
-            ["Privileged Workload Template", "Workload Template Mounts Sensitive Host Path"]
+            [
+                "Privileged Workload Template",
+                "Workload Template Mounts Sensitive Host Path"
+            ]
         );
         assert_eq!(alerts[0].field_value("ka.user.name"), Some("alice"));
-        assert_eq!(alerts[0].field_value("ka.req.pod.containers.image"), Some("(evil/agent:1)"));
+        assert_eq!(
+            alerts[0].field_value("ka.req.pod.containers.image"),
+            Some("(evil/agent:1)")
+        );
     }
 
     #[test]
     fn harmless_or_trusted_workloads_are_quiet() {
         let h = Harness::<WorkloadHardening>::new();
-        assert!(h.evaluate_json(&daemonset("default", false, "/data/cache")).is_empty());
-        assert!(h.evaluate_json(&daemonset("kube-system", true, "/")).is_empty());
+        assert!(
+            h.evaluate_json(&daemonset("default", false, "/data/cache"))
+                .is_empty()
+        );
+        assert!(
+            h.evaluate_json(&daemonset("kube-system", true, "/"))
+                .is_empty()
+        );
         // "/etcd-data" is not under "/etc".
-        assert!(h.evaluate_json(&daemonset("default", false, "/etcd-data")).is_empty());
+        assert!(
+            h.evaluate_json(&daemonset("default", false, "/etcd-data"))
+                .is_empty()
+        );
     }
 
     #[test]
     fn configuration_is_validated_and_applied() {
         assert!(Harness::<WorkloadHardening>::with_config(r#"{"trusted_namespace": []}"#).is_err());
-        let h = Harness::<WorkloadHardening>::with_config(r#"{"trusted_namespaces": [], "sensitive_host_paths": ["/data"]}"#).unwrap();
-        assert_eq!(h.evaluate_json(&daemonset("kube-system", false, "/data/x")).len(), 1);
+        let h = Harness::<WorkloadHardening>::with_config(
+            r#"{"trusted_namespaces": [], "sensitive_host_paths": ["/data"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            h.evaluate_json(&daemonset("kube-system", false, "/data/x"))
+                .len(),
+            1
+        );
     }
 }

@@ -7,7 +7,9 @@ pub struct HugeOutput;
 
 impl RuleModule for HugeOutput {
     fn metadata(&self) -> ModuleInfo {
-        peregrine_sdk::module("fixture-huge-output", "1").rule(rule("huge", "Huge", Priority::Debug)).build()
+        peregrine_sdk::module("fixture-huge-output", "1")
+            .rule(rule("huge", "Huge", Priority::Debug))
+            .build()
     }
 
     fn evaluate(&self, event: &Event) -> Vec<Alert> {

@@ -6,7 +6,9 @@ pub struct MemoryBomb;
 
 impl RuleModule for MemoryBomb {
     fn metadata(&self) -> ModuleInfo {
-        peregrine_sdk::module("fixture-memory-bomb", "1").rule(rule("bomb", "Bomb", Priority::Debug)).build()
+        peregrine_sdk::module("fixture-memory-bomb", "1")
+            .rule(rule("bomb", "Bomb", Priority::Debug))
+            .build()
     }
 
     fn evaluate(&self, event: &Event) -> Vec<Alert> {

@@ -6,7 +6,9 @@ pub struct SpinLoop;
 
 impl RuleModule for SpinLoop {
     fn metadata(&self) -> ModuleInfo {
-        peregrine_sdk::module("fixture-spin-loop", "1").rule(rule("spin", "Spin", Priority::Debug)).build()
+        peregrine_sdk::module("fixture-spin-loop", "1")
+            .rule(rule("spin", "Spin", Priority::Debug))
+            .build()
     }
 
     fn evaluate(&self, event: &Event) -> Vec<Alert> {

@@ -6,7 +6,9 @@ pub struct Trap;
 
 impl RuleModule for Trap {
     fn metadata(&self) -> ModuleInfo {
-        peregrine_sdk::module("fixture-trap", "1").rule(rule("trap", "Trap", Priority::Debug)).build()
+        peregrine_sdk::module("fixture-trap", "1")
+            .rule(rule("trap", "Trap", Priority::Debug))
+            .build()
     }
 
     fn evaluate(&self, event: &Event) -> Vec<Alert> {

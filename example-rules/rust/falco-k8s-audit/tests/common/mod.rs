@@ -19,9 +19,12 @@ pub fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `/work/shared/audit-corpus`, found from the crate.
+/// The shared audit corpus: `$PEREGRINE_AUDIT_CORPUS`, else `shared/audit-corpus`
+/// next to the checkout.
 pub fn corpus_dir() -> PathBuf {
-    let dir = manifest_dir().join("../../../../shared/audit-corpus");
+    let dir = std::env::var_os("PEREGRINE_AUDIT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest_dir().join("../../../../shared/audit-corpus"));
     assert!(
         dir.join("falco-expectations.json").is_file(),
         "the audit corpus is missing: expected {} (the shared audit-corpus checkout next to the repository)",

@@ -1,0 +1,265 @@
+//! Misbehaving modules are contained: a rule-error alert for the event, a
+//! visible status, and every other module still evaluates every event.
+
+use std::time::{Duration, Instant};
+
+use peregrine::alert::RULE_ERROR;
+use peregrine_tests::*;
+
+fn kinds_for(alerts: &[peregrine::alert::Alert], module: &str) -> Vec<String> {
+    alerts
+        .iter()
+        .filter(|a| a.module == module && a.rule == RULE_ERROR)
+        .map(|a| {
+            a.field("peregrine.error_kind")
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn misbehaving_modules_fail_alone() {
+    let mut config = test_config();
+    config.sandbox.defaults.call_deadline_ms = 200;
+    config.sandbox.defaults.memory_mib = 64;
+    config.engine.epoch_tick_ms = 5;
+    let modules = [
+        "fixture_spin_loop",
+        "fixture_memory_bomb",
+        "fixture_trap",
+        "fixture_huge_output",
+        "fixture_echo",
+    ]
+    .map(fixture_module)
+    .to_vec();
+    let srv = TestServer::start(config, rules_dir(&modules)).await;
+
+    let events: Vec<_> = ["spin", "bomb", "trap", "huge", "undeclared", "calm"]
+        .iter()
+        .map(|ns| event(&format!("ev-{ns}"), "get", "pods", ns))
+        .collect();
+    let started = Instant::now();
+    let (status, _) = srv.post("/k8s-audit", event_list(&events)).await;
+    assert_eq!(status, 200);
+    let alerts = srv
+        .alerts
+        .wait_for("every event echoed and every fault reported", |a| {
+            a.iter().filter(|a| a.rule == "Echo").count() == 6
+                && a.iter().filter(|a| a.rule == RULE_ERROR).count() == 5
+        })
+        .await;
+    // Evaluation of the whole batch, with one loop killed at its deadline,
+    // did not take anything like forever. (Not a speed assertion: a loose
+    // bound that a loop left running would blow.)
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    assert_eq!(kinds_for(&alerts, "fixture_spin_loop"), ["timeout"]);
+    assert_eq!(kinds_for(&alerts, "fixture_memory_bomb"), ["out_of_memory"]);
+    assert_eq!(kinds_for(&alerts, "fixture_trap"), ["trap"]);
+    let mut huge = kinds_for(&alerts, "fixture_huge_output");
+    huge.sort();
+    assert_eq!(
+        huge,
+        ["output_too_large", "trap"],
+        "5000 alerts, then an undeclared rule id"
+    );
+
+    let trap = alerts
+        .iter()
+        .find(|a| a.module == "fixture_trap" && a.rule == RULE_ERROR)
+        .unwrap();
+    assert_eq!(trap.audit_id, "ev-trap");
+    assert!(
+        trap.field("peregrine.error")
+            .unwrap()
+            .contains("fixture trap on event ev-trap"),
+        "the guest's panic message reaches the operator: {:?}",
+        trap.field("peregrine.error")
+    );
+    let undeclared = alerts
+        .iter()
+        .find(|a| a.module == "fixture_huge_output" && a.audit_id == "ev-undeclared")
+        .unwrap();
+    assert!(undeclared.output.contains("not-a-rule"));
+
+    let mut echoed: Vec<_> = alerts
+        .iter()
+        .filter(|a| a.rule == "Echo")
+        .map(|a| a.audit_id.clone())
+        .collect();
+    echoed.sort();
+    assert_eq!(
+        echoed,
+        [
+            "ev-bomb",
+            "ev-calm",
+            "ev-huge",
+            "ev-spin",
+            "ev-trap",
+            "ev-undeclared"
+        ]
+    );
+
+    // Each failure was counted against its module, and the modules stay live.
+    let rules = srv.get_json("/api/v1/rules").await;
+    for m in rules["modules"].as_array().unwrap() {
+        assert_eq!(m["status"], "live", "{m}");
+        let expected_errors = match m["key"].as_str().unwrap() {
+            "fixture_echo" => 0,
+            "fixture_huge_output" => 2,
+            _ => 1,
+        };
+        assert_eq!(m["errors"], expected_errors, "{m}");
+    }
+
+    // A fresh instance after the traps: the modules work for the next event.
+    let (status, _) = srv
+        .post(
+            "/k8s-audit",
+            event("ev-next", "get", "pods", "calm").to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    srv.alerts
+        .wait_for("the next event echoed", |a| {
+            a.iter().any(|a| a.audit_id == "ev-next")
+        })
+        .await;
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn infinite_loop_is_killed_within_deadline_plus_one_tick() {
+    // Measured inside the host: the error carries the configured deadline,
+    // and the time the call took is checked against deadline + tick + the
+    // cost of unwinding, with the machine's noise in mind.
+    let mut config = test_config();
+    config.sandbox.defaults.call_deadline_ms = 100;
+    config.engine.epoch_tick_ms = 10;
+    config.engine.workers = 1;
+    let srv = TestServer::start(config, rules_dir(&[fixture_module("fixture_spin_loop")])).await;
+    let (status, _) = srv
+        .post(
+            "/k8s-audit",
+            event("spin-1", "get", "pods", "spin").to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let alerts = srv.alerts.wait_for("the timeout", |a| !a.is_empty()).await;
+    assert_eq!(alerts[0].field("peregrine.error_kind"), Some("timeout"));
+    let report = srv.get_json("/api/v1/rules").await;
+    let m = &report["modules"][0];
+    let micros = m["mean_eval_micros"].as_f64().unwrap();
+    assert!(
+        micros >= 100_000.0,
+        "killed before its deadline: {micros} µs"
+    );
+    // Deadline plus one 10 ms tick. The ticker is a thread like any other:
+    // on a loaded 2-core machine it can be scheduled late, so the bound
+    // allows 40 ms of scheduling delay on top; a loop left running (or
+    // killed only at a later tick) overshoots it by far.
+    assert!(
+        micros <= 150_000.0,
+        "ran {micros} µs past a 100 ms deadline with a 10 ms tick"
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_metadata_fails_to_load_visibly_and_the_others_serve() {
+    let srv = TestServer::start(
+        test_config(),
+        rules_dir(&[
+            fixture_module("fixture_bad_metadata"),
+            fixture_module("fixture_echo"),
+        ]),
+    )
+    .await;
+    let rules = srv.get_json("/api/v1/rules").await;
+    let bad = rules["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == "fixture_bad_metadata")
+        .unwrap();
+    assert_eq!(bad["status"], "failed");
+    assert!(
+        bad["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("declared twice"),
+        "{bad}"
+    );
+    let (status, _) = srv
+        .post("/k8s-audit", event("m-1", "get", "pods", "a").to_string())
+        .await;
+    assert_eq!(status, 200);
+    let alerts = srv.shutdown().await;
+    assert_eq!(alerts.len(), 1);
+    assert_eq!(alerts[0].module, "fixture_echo");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_that_keeps_failing_is_quarantined_until_reloaded() {
+    let mut config = test_config();
+    config.engine.workers = 1;
+    let dir = rules_dir(&[
+        fixture_module("fixture_trap"),
+        fixture_module("fixture_echo"),
+    ]);
+    let trap_path = dir.path().join("fixture_trap.wasm");
+    let srv = TestServer::start(config, dir).await;
+    let events: Vec<_> = (0..30)
+        .map(|i| event(&format!("q-{i}"), "get", "pods", "trap"))
+        .collect();
+    srv.post("/k8s-audit", event_list(&events)).await;
+    srv.alerts
+        .wait_for("30 echoes", |a| {
+            a.iter().filter(|a| a.rule == "Echo").count() == 30
+        })
+        .await;
+    let errors = srv
+        .alerts
+        .alerts()
+        .iter()
+        .filter(|a| a.rule == RULE_ERROR)
+        .count();
+    assert_eq!(
+        errors,
+        peregrine::evaluate::QUARANTINE_AFTER as usize,
+        "no calls after quarantine"
+    );
+    let rules = srv.get_json("/api/v1/rules").await;
+    let trap = rules["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == "fixture_trap")
+        .unwrap()
+        .clone();
+    assert_eq!(trap["status"], "quarantined");
+
+    // A new version lifts the quarantine.
+    install(
+        &trap_path,
+        &variant(&std::fs::read(&trap_path).unwrap(), "v2"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rules = srv.get_json("/api/v1/rules").await;
+        let m = rules["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["key"] == "fixture_trap")
+            .unwrap()
+            .clone();
+        if m["status"] == "live" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {m}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    srv.shutdown().await;
+}

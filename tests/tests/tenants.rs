@@ -1,0 +1,278 @@
+//! Tenants: authentication, isolation of events and state, quotas, fairness.
+
+use peregrine::config::PeregrineConfig;
+use peregrine::rules::Scope;
+use peregrine::tenants::TenantConfig;
+use peregrine_tests::*;
+
+const TOKEN_A: &str = "team-a-token-0123456789";
+const TOKEN_B: &str = "team-b-token-0123456789";
+
+fn tenant(token: &str) -> TenantConfig {
+    TenantConfig {
+        tokens: vec![token.to_string()],
+        ..Default::default()
+    }
+}
+
+/// A copy of the echo fixture under another name, for a tenant directory.
+fn echo_dir(names: &[&str]) -> tempfile::TempDir {
+    let dir = rules_dir(&[]);
+    let echo = std::fs::read(fixture_module("fixture_echo")).unwrap();
+    for n in names {
+        std::fs::write(dir.path().join(format!("{n}.wasm")), &echo).unwrap();
+    }
+    dir
+}
+
+async fn post_as(
+    srv: &TestServer,
+    path: &str,
+    token: Option<&str>,
+    body: String,
+) -> reqwest::Response {
+    let mut req = srv
+        .client
+        .post(srv.url(path))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap()
+}
+
+async fn start(
+    mut config: PeregrineConfig,
+    a: tempfile::TempDir,
+    b: tempfile::TempDir,
+) -> TestServer {
+    // Tenant directories are given to the server directly; the config only
+    // needs them for `serve`, which resolves them the same way.
+    config
+        .tenants
+        .entry("team-a".into())
+        .or_insert_with(|| tenant(TOKEN_A));
+    config
+        .tenants
+        .entry("team-b".into())
+        .or_insert_with(|| tenant(TOKEN_B));
+    TestServer::start_with(
+        config,
+        vec![
+            (Scope::Global, rules_dir(&[fixture_module("fixture_echo")])),
+            (Scope::Tenant("team-a".into()), a),
+            (Scope::Tenant("team-b".into()), b),
+        ],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_see_only_their_events_and_keep_separate_state() {
+    let srv = start(test_config(), echo_dir(&["only_a"]), echo_dir(&["only_b"])).await;
+    for i in 0..3 {
+        let r = post_as(
+            &srv,
+            "/k8s-audit/team-a",
+            Some(TOKEN_A),
+            event(&format!("a-{i}"), "get", "pods", "x").to_string(),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    for i in 0..2 {
+        let r = post_as(
+            &srv,
+            "/k8s-audit/team-b",
+            Some(TOKEN_B),
+            event(&format!("b-{i}"), "get", "pods", "x").to_string(),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = post_as(
+        &srv,
+        "/k8s-audit",
+        None,
+        event("d-0", "get", "pods", "x").to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "the default tenant is open by default");
+    let alerts = srv.shutdown().await;
+
+    for a in &alerts {
+        let expected_tenant = match &a.audit_id[..1] {
+            "a" => "team-a",
+            "b" => "team-b",
+            _ => "default",
+        };
+        assert_eq!(&*a.tenant, expected_tenant, "{a:?}");
+        match a.module.as_str() {
+            "only_a" => assert_eq!(
+                &*a.tenant, "team-a",
+                "team-a's module saw another tenant's event"
+            ),
+            "only_b" => assert_eq!(
+                &*a.tenant, "team-b",
+                "team-b's module saw another tenant's event"
+            ),
+            "fixture_echo" => {}
+            m => panic!("unexpected module {m}"),
+        }
+    }
+    let by = |m: &str| alerts.iter().filter(|a| a.module == m).count();
+    assert_eq!(by("only_a"), 3);
+    assert_eq!(by("only_b"), 2);
+    assert_eq!(by("fixture_echo"), 6, "global modules serve every tenant");
+
+    // The global module's state is namespaced per tenant: its counter of
+    // events seen reaches 3 for team-a, 2 for team-b and 1 for default.
+    let max_seen = |tenant: &str| {
+        alerts
+            .iter()
+            .filter(|a| a.module == "fixture_echo" && &*a.tenant == tenant)
+            .map(|a| a.field("seen").unwrap().parse::<u64>().unwrap())
+            .max()
+            .unwrap()
+    };
+    assert_eq!(max_seen("team-a"), 3);
+    assert_eq!(max_seen("team-b"), 2);
+    assert_eq!(max_seen("default"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_without_valid_credentials_are_refused() {
+    let mut config = test_config();
+    config.auth.default_tenant_open = false;
+    let srv = start(config, echo_dir(&[]), echo_dir(&[])).await;
+    let body = || event("x", "get", "pods", "x").to_string();
+    for (path, token, status) in [
+        ("/k8s-audit/team-a", None, 401),
+        ("/k8s-audit/team-a", Some("team-a-token-wrong-value"), 401),
+        ("/k8s-audit/team-a", Some(TOKEN_B), 401),
+        ("/k8s-audit/team-b", Some(TOKEN_A), 401),
+        ("/k8s-audit", None, 401),
+        ("/k8s-audit/nobody", Some(TOKEN_A), 404),
+        ("/k8s-audit/team-a", Some(TOKEN_A), 200),
+    ] {
+        let r = post_as(&srv, path, token, body()).await;
+        assert_eq!(r.status().as_u16(), status, "{path} with {token:?}");
+        if status == 401 {
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+        }
+    }
+    let alerts = srv.shutdown().await;
+    assert_eq!(
+        alerts.len(),
+        1,
+        "only the authenticated event was evaluated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quotas_limit_rate_and_modules() {
+    let mut config = test_config();
+    let mut b = tenant(TOKEN_B);
+    b.events_per_second = Some(50);
+    b.max_modules = Some(1);
+    config.tenants.insert("team-b".into(), b);
+    let srv = start(config, echo_dir(&[]), echo_dir(&["b_first", "b_second"])).await;
+
+    let batch = |p: &str| {
+        event_list(
+            &(0..50)
+                .map(|i| event(&format!("{p}-{i}"), "get", "pods", "x"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("one")).await;
+    assert_eq!(r.status(), 200);
+    let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("two")).await;
+    assert_eq!(r.status(), 429, "over 50 events per second");
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // Team A is not affected by team B's quota.
+    let r = post_as(&srv, "/k8s-audit/team-a", Some(TOKEN_A), batch("a")).await;
+    assert_eq!(r.status(), 200);
+
+    let rules = srv.get_json("/api/v1/rules").await;
+    let tenant_b: Vec<_> = rules["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["scope"] == "tenant:team-b")
+        .cloned()
+        .collect();
+    assert_eq!(tenant_b.len(), 2);
+    assert_eq!(tenant_b[0]["status"], "live");
+    assert_eq!(tenant_b[1]["status"], "failed");
+    assert!(
+        tenant_b[1]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("quota"),
+        "{}",
+        tenant_b[1]
+    );
+    srv.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_tenant_with_slow_rules_does_not_starve_another() {
+    let mut config = test_config();
+    config.engine.workers = 1;
+    config.sandbox.defaults.call_deadline_ms = 100;
+    let spin = rules_dir(&[fixture_module("fixture_spin_loop")]);
+    let srv = start(config, spin, echo_dir(&[])).await;
+    // Team A floods: five batches of events its own module spins on.
+    for b in 0..5 {
+        let events: Vec<_> = (0..5)
+            .map(|i| event(&format!("a-{b}-{i}"), "get", "pods", "spin"))
+            .collect();
+        let r = post_as(
+            &srv,
+            "/k8s-audit/team-a",
+            Some(TOKEN_A),
+            event_list(&events),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    // Then team B sends one event.
+    let r = post_as(
+        &srv,
+        "/k8s-audit/team-b",
+        Some(TOKEN_B),
+        event("b-0", "get", "pods", "calm").to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let alerts = srv
+        .alerts
+        .wait_for("team B's event", |a| a.iter().any(|a| a.audit_id == "b-0"))
+        .await;
+    // Tenants are served in turn: B waited for at most the batch being
+    // evaluated and the one next in A's turn, not for A's whole backlog.
+    let a_done = alerts
+        .iter()
+        .filter(|a| a.rule == "Echo" && &*a.tenant == "team-a")
+        .count();
+    assert!(
+        a_done <= 10,
+        "team B waited behind {a_done} of team A's 25 events"
+    );
+    let all = srv.shutdown().await;
+    assert_eq!(
+        all.iter()
+            .filter(|a| a.rule == "Echo" && &*a.tenant == "team-a")
+            .count(),
+        25
+    );
+}
