@@ -156,7 +156,9 @@ impl RouteConfig {
     /// Whether the alert matches this route's matchers.
     pub fn matches(&self, a: &Alert) -> bool {
         self.min_priority.is_none_or(|min| a.priority.at_least(min))
-            && (self.rules.is_empty() || any_glob(&self.rules, &a.rule) || any_glob(&self.rules, &a.rule_id))
+            && (self.rules.is_empty()
+                || any_glob(&self.rules, &a.rule)
+                || any_glob(&self.rules, &a.rule_id))
             && (self.tags.is_empty() || a.tags.iter().any(|t| any_glob(&self.tags, t)))
             && (self.tenants.is_empty() || any_glob(&self.tenants, &a.tenant))
             && (self.modules.is_empty() || any_glob(&self.modules, &a.module))
@@ -166,15 +168,21 @@ impl RouteConfig {
 /// The outputs the configuration runs: every declared one, plus the
 /// built-in `stdout` when something names it without declaring it.
 fn output_defs(config: &PeregrineConfig) -> Vec<(String, OutputKindConfig)> {
-    let mut defs: Vec<(String, OutputKindConfig)> =
-        config.outputs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut defs: Vec<(String, OutputKindConfig)> = config
+        .outputs
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     let named = config
         .routing
         .default_outputs
         .iter()
         .chain(config.routes.iter().flat_map(|r| r.outputs.iter()));
     if !config.outputs.contains_key("stdout") && named.into_iter().any(|n| n == "stdout") {
-        defs.push(("stdout".into(), OutputKindConfig::Stdout(StdoutConfig::default())));
+        defs.push((
+            "stdout".into(),
+            OutputKindConfig::Stdout(StdoutConfig::default()),
+        ));
     }
     defs
 }
@@ -187,12 +195,15 @@ pub fn validate(config: &PeregrineConfig) -> Result<(), String> {
                 "output name `{name}`: use 1 to 64 letters, digits, `_` or `-`"
             ));
         }
-        out.validate().map_err(|e| format!("output `{name}` ({}): {e}", out.kind()))?;
+        out.validate()
+            .map_err(|e| format!("output `{name}` ({}): {e}", out.kind()))?;
     }
     let known = |n: &str| n == "stdout" || config.outputs.contains_key(n);
     for n in &config.routing.default_outputs {
         if !known(n) {
-            return Err(format!("routing.default_outputs names `{n}`, which is not an [outputs.{n}] table"));
+            return Err(format!(
+                "routing.default_outputs names `{n}`, which is not an [outputs.{n}] table"
+            ));
         }
     }
     let mut names = std::collections::HashSet::new();
@@ -206,7 +217,9 @@ pub fn validate(config: &PeregrineConfig) -> Result<(), String> {
         }
         for n in &r.outputs {
             if !known(n) {
-                return Err(format!("route `{label}` names output `{n}`, which is not an [outputs.{n}] table"));
+                return Err(format!(
+                    "route `{label}` names output `{n}`, which is not an [outputs.{n}] table"
+                ));
             }
         }
         if r.dedup_window_secs > 0 && r.dedup_max_keys == 0 {
@@ -261,9 +274,14 @@ impl Dedup {
     fn summary(&self, w: FoldWindow) -> Option<Alert> {
         let mut a = w.last?;
         let secs = self.window.as_secs();
-        a.output = format!("{} (and {} more like it within {secs}s)", a.output, w.folded);
-        a.fields.push(("peregrine.folded".into(), Some(w.folded.to_string())));
-        a.fields.push(("peregrine.fold_window_secs".into(), Some(secs.to_string())));
+        a.output = format!(
+            "{} (and {} more like it within {secs}s)",
+            a.output, w.folded
+        );
+        a.fields
+            .push(("peregrine.folded".into(), Some(w.folded.to_string())));
+        a.fields
+            .push(("peregrine.fold_window_secs".into(), Some(secs.to_string())));
         Some(a)
     }
 
@@ -274,7 +292,10 @@ impl Dedup {
             if now.duration_since(w.started) < self.window {
                 w.folded += 1;
                 w.last = Some(a.clone());
-                return Admit { send: false, summaries };
+                return Admit {
+                    send: false,
+                    summaries,
+                };
             }
             // Closed but not yet flushed: flush it, then open a new one.
             if let Some(old) = self.windows.remove(&key) {
@@ -282,11 +303,13 @@ impl Dedup {
             }
         }
         while self.windows.len() >= self.max_keys {
-            let Some((k, started)) = self.order.pop_front() else { break };
-            if self.windows.get(&k).is_some_and(|w| w.started == started) {
-                if let Some(old) = self.windows.remove(&k) {
-                    summaries.extend(self.summary(old));
-                }
+            let Some((k, started)) = self.order.pop_front() else {
+                break;
+            };
+            if self.windows.get(&k).is_some_and(|w| w.started == started)
+                && let Some(old) = self.windows.remove(&k)
+            {
+                summaries.extend(self.summary(old));
             }
         }
         self.windows.insert(
@@ -298,7 +321,10 @@ impl Dedup {
             },
         );
         self.order.push_back((key, now));
-        Admit { send: true, summaries }
+        Admit {
+            send: true,
+            summaries,
+        }
     }
 
     /// Closes the windows that are over (all of them with `all`).
@@ -309,10 +335,10 @@ impl Dedup {
                 break;
             }
             let (k, started) = self.order.pop_front().expect("front exists");
-            if self.windows.get(&k).is_some_and(|w| w.started == started) {
-                if let Some(w) = self.windows.remove(&k) {
-                    out.extend(self.summary(w));
-                }
+            if self.windows.get(&k).is_some_and(|w| w.started == started)
+                && let Some(w) = self.windows.remove(&k)
+            {
+                out.extend(self.summary(w));
             }
         }
         out
@@ -350,7 +376,11 @@ impl AlertRouter {
     pub fn start(config: &PeregrineConfig) -> Result<AlertRouter, RouterError> {
         validate(config).map_err(RouterError::Invalid)?;
         let defs = output_defs(config);
-        let outputs = Arc::new(Outputs::start(&defs, &config.delivery, config.output.format)?);
+        let outputs = Arc::new(Outputs::start(
+            &defs,
+            &config.delivery,
+            config.output.format,
+        )?);
         let index = |n: &String| outputs.index_of(n).expect("validated output name");
         let routes: Vec<Route> = config
             .routes
@@ -371,10 +401,16 @@ impl AlertRouter {
                 }),
             })
             .collect();
-        let default_outputs: Vec<usize> = config.routing.default_outputs.iter().map(index).collect();
+        let default_outputs: Vec<usize> =
+            config.routing.default_outputs.iter().map(index).collect();
         for h in outputs.handles() {
-            let used = default_outputs.iter().chain(routes.iter().flat_map(|r| r.outputs.iter()));
-            if !used.into_iter().any(|&i| outputs.index_of(&h.name) == Some(i)) {
+            let used = default_outputs
+                .iter()
+                .chain(routes.iter().flat_map(|r| r.outputs.iter()));
+            if !used
+                .into_iter()
+                .any(|&i| outputs.index_of(&h.name) == Some(i))
+            {
                 tracing::warn!(output = %h.name, "no route sends alerts to this output; it only delivers what its spool holds");
             }
         }
@@ -413,7 +449,10 @@ impl AlertRouter {
         let mut per_output: Vec<Vec<Alert>> = vec![Vec::new(); self.outputs.handles().len()];
         for r in self.routes.iter() {
             if let Some(d) = &r.dedup {
-                let summaries = d.lock().unwrap_or_else(|p| p.into_inner()).close(Instant::now(), true);
+                let summaries = d
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .close(Instant::now(), true);
                 for s in summaries {
                     for &o in &r.outputs {
                         per_output[o].push(s.clone());
@@ -431,7 +470,12 @@ impl AlertRouter {
         let (lock, cv) = &*self.stop;
         *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
         cv.notify_all();
-        if let Some(h) = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(h) = self
+            .flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = h.join();
         }
     }
@@ -456,14 +500,20 @@ fn flush_loop(routes: &[Route], outputs: &Outputs, stop: &(Mutex<bool>, Condvar)
     let (lock, cv) = stop;
     let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
     while !*stopped {
-        stopped = cv.wait_timeout(stopped, tick).unwrap_or_else(|p| p.into_inner()).0;
+        stopped = cv
+            .wait_timeout(stopped, tick)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
         if *stopped {
             break;
         }
         let now = Instant::now();
         for r in routes {
             let Some(d) = &r.dedup else { continue };
-            let summaries = d.lock().unwrap_or_else(|p| p.into_inner()).close(now, false);
+            let summaries = d
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .close(now, false);
             if summaries.is_empty() {
                 continue;
             }
@@ -489,11 +539,15 @@ impl AlertSink for AlertRouter {
                     continue;
                 }
                 matched = true;
-                metrics::counter!("peregrine_alerts_routed_total", "route" => r.label.clone()).increment(1);
+                metrics::counter!("peregrine_alerts_routed_total", "route" => r.label.clone())
+                    .increment(1);
                 let send = match &r.dedup {
                     None => true,
                     Some(d) => {
-                        let admit = d.lock().unwrap_or_else(|p| p.into_inner()).admit(&alert, now);
+                        let admit = d
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .admit(&alert, now);
                         for s in admit.summaries {
                             for &o in &r.outputs {
                                 per_output[o].push(s.clone());
@@ -518,7 +572,8 @@ impl AlertSink for AlertRouter {
                 if self.default_outputs.is_empty() {
                     metrics::counter!("peregrine_alerts_unrouted_total").increment(1);
                 } else {
-                    metrics::counter!("peregrine_alerts_routed_total", "route" => "default").increment(1);
+                    metrics::counter!("peregrine_alerts_routed_total", "route" => "default")
+                        .increment(1);
                     for &o in &self.default_outputs {
                         targets[o] = true;
                     }
@@ -611,7 +666,11 @@ mod tests {
         let s = d.close(t0 + Duration::from_secs(61), false);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].field("peregrine.folded"), Some("4"));
-        assert!(s[0].output.ends_with("(and 4 more like it within 60s)"), "{}", s[0].output);
+        assert!(
+            s[0].output.ends_with("(and 4 more like it within 60s)"),
+            "{}",
+            s[0].output
+        );
         // A new window opens with the next one, which is sent at once.
         assert!(d.admit(&a, t0 + Duration::from_secs(62)).send);
         // A window without duplicates closes silently.
@@ -647,9 +706,18 @@ mod tests {
             "[outputs.hook]\ntype = \"webhook\"\nurl = \"ftp://x\"\n[[routes]]\noutputs = [\"hook\"]\n",
         )
         .unwrap();
-        assert!(validate(&c).unwrap_err().contains("output `hook` (webhook)"));
+        assert!(
+            validate(&c)
+                .unwrap_err()
+                .contains("output `hook` (webhook)")
+        );
         assert!(PeregrineConfig::parse("[outputs.x]\ntype = \"carrier-pigeon\"\n").is_err());
-        assert!(PeregrineConfig::parse("[outputs.x]\ntype = \"webhook\"\nurl = \"http://x\"\nurll = 1\n").is_err());
+        assert!(
+            PeregrineConfig::parse(
+                "[outputs.x]\ntype = \"webhook\"\nurl = \"http://x\"\nurll = 1\n"
+            )
+            .is_err()
+        );
         let c = PeregrineConfig::parse("").unwrap();
         assert!(validate(&c).is_ok());
         assert_eq!(output_defs(&c).len(), 1);

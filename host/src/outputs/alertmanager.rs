@@ -126,7 +126,11 @@ impl AlertmanagerOutput {
                 labels.insert(label.clone(), v.to_string());
             }
         }
-        let fields: BTreeMap<&str, Option<&str>> = a.fields.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        let fields: BTreeMap<&str, Option<&str>> = a
+            .fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_deref()))
+            .collect();
         let mut alert = json!({
             "labels": labels,
             "annotations": {
@@ -142,7 +146,8 @@ impl AlertmanagerOutput {
         });
         if self.config.expire_after_secs > 0 {
             // Never before startsAt, which Alertmanager would refuse.
-            let ends = now.max(a.time()) + time::Duration::seconds(self.config.expire_after_secs.min(i64::MAX as u64) as i64);
+            let ends = now.max(a.time())
+                + time::Duration::seconds(self.config.expire_after_secs.min(i64::MAX as u64) as i64);
             if let Ok(t) = ends.format(&Rfc3339) {
                 alert["endsAt"] = json!(t);
             }
@@ -175,9 +180,15 @@ mod tests {
         assert!(!valid_label("1x"));
         assert!(!valid_label("ka.user"));
         assert!(!valid_label("__name"));
-        let c: AlertmanagerConfig = toml::from_str("url = \"http://am:9093\"\nfield_labels = { \"ka.user.name\" = \"user.name\" }").unwrap();
+        let c: AlertmanagerConfig = toml::from_str(
+            "url = \"http://am:9093\"\nfield_labels = { \"ka.user.name\" = \"user.name\" }",
+        )
+        .unwrap();
         assert!(c.validate().is_err());
         let c: AlertmanagerConfig = toml::from_str("url = \"http://am:9093/\"").unwrap();
-        assert_eq!(c.endpoint().unwrap().as_str(), "http://am:9093/api/v2/alerts");
+        assert_eq!(
+            c.endpoint().unwrap().as_str(),
+            "http://am:9093/api/v2/alerts"
+        );
     }
 }

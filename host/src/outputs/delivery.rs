@@ -70,7 +70,10 @@ impl OutputDeliveryConfig {
             return Err("delivery.spool_max_bytes must be positive".into());
         }
         if self.retry_initial_ms == 0 || self.retry_max_ms < self.retry_initial_ms {
-            return Err("delivery.retry_initial_ms must be positive and at most delivery.retry_max_ms".into());
+            return Err(
+                "delivery.retry_initial_ms must be positive and at most delivery.retry_max_ms"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -112,7 +115,10 @@ pub struct SendFailure {
 
 impl From<SendError> for SendFailure {
     fn from(error: SendError) -> Self {
-        SendFailure { delivered: 0, error }
+        SendFailure {
+            delivered: 0,
+            error,
+        }
     }
 }
 
@@ -175,12 +181,16 @@ impl Shared {
 
     fn update_store_gauges(&self, len: u64, bytes: u64) {
         let name = self.settings.name.to_string();
-        metrics::gauge!("peregrine_output_pending_alerts", "output" => name.clone()).set(len as f64);
+        metrics::gauge!("peregrine_output_pending_alerts", "output" => name.clone())
+            .set(len as f64);
         metrics::gauge!("peregrine_output_spool_bytes", "output" => name).set(bytes as f64);
     }
 
     /// Runs `f` on the store off the async threads: SQLite calls block.
-    async fn with_store<R: Send + 'static>(&self, f: impl FnOnce(&mut Store) -> R + Send + 'static) -> Option<R> {
+    async fn with_store<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> R + Send + 'static,
+    ) -> Option<R> {
         let store = self.store.clone();
         let r = tokio::task::spawn_blocking(move || {
             let mut s = store.lock().unwrap_or_else(|p| p.into_inner());
@@ -203,7 +213,12 @@ impl Shared {
 
 impl OutputHandle {
     /// Starts the intake and sender tasks of one output on `runtime`.
-    pub fn start<D: Deliver>(runtime: &tokio::runtime::Handle, settings: Settings, store: Store, deliver: D) -> Self {
+    pub fn start<D: Deliver>(
+        runtime: &tokio::runtime::Handle,
+        settings: Settings,
+        store: Store,
+        deliver: D,
+    ) -> Self {
         let name = settings.name.clone();
         let kind = settings.kind;
         let durable = store.is_durable();
@@ -261,7 +276,11 @@ impl OutputHandle {
                 .dropped("shutdown", alerts.len(), "the output is shutting down");
             return;
         }
-        let room = self.shared.settings.queue_alerts.saturating_sub(s.alerts.len());
+        let room = self
+            .shared
+            .settings
+            .queue_alerts
+            .saturating_sub(s.alerts.len());
         let mut alerts = alerts;
         let excess = alerts.len().saturating_sub(room);
         if excess > 0 {
@@ -270,7 +289,8 @@ impl OutputHandle {
         s.alerts.extend(alerts);
         let queued = s.alerts.len();
         drop(s);
-        metrics::gauge!("peregrine_output_queued_alerts", "output" => self.name.to_string()).set(queued as f64);
+        metrics::gauge!("peregrine_output_queued_alerts", "output" => self.name.to_string())
+            .set(queued as f64);
         if excess > 0 {
             self.shared.drops.dropped(
                 "queue_full",
@@ -310,7 +330,12 @@ impl OutputHandle {
     /// Alerts accepted and not yet acknowledged (queue and store).
     pub fn pending(&self) -> u64 {
         let queued = self.shared.intake().alerts.len() as u64;
-        let stored = self.shared.store.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let stored = self
+            .shared
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len();
         queued + stored
     }
 }
@@ -349,14 +374,19 @@ async fn run_intake(shared: &Shared) {
                     let (reason, why) = if durable {
                         ("spool_full", "the spool reached delivery.spool_max_bytes")
                     } else {
-                        ("buffer_full", "the in-memory buffer reached delivery.queue_alerts")
+                        (
+                            "buffer_full",
+                            "the in-memory buffer reached delivery.queue_alerts",
+                        )
                     };
                     shared.drops.dropped(reason, a.full, why);
                 }
                 if a.unencodable > 0 {
-                    shared
-                        .drops
-                        .dropped("encode_error", a.unencodable, "the alert could not be serialised");
+                    shared.drops.dropped(
+                        "encode_error",
+                        a.unencodable,
+                        "the alert could not be serialised",
+                    );
                 }
             }
             Some(Err(e)) => {
@@ -366,7 +396,9 @@ async fn run_intake(shared: &Shared) {
                 shared.drops.dropped("spool_error", n, &e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            None => shared.drops.dropped("spool_error", n, "the store task failed"),
+            None => shared
+                .drops
+                .dropped("spool_error", n, "the store task failed"),
         }
         shared.store_ready.notify_one();
     }
@@ -375,7 +407,11 @@ async fn run_intake(shared: &Shared) {
 }
 
 /// Delivers stored alerts, oldest first, retrying failures.
-async fn run_sender<D: Deliver>(shared: &Shared, mut deliver: D, mut control: watch::Receiver<Phase>) {
+async fn run_sender<D: Deliver>(
+    shared: &Shared,
+    mut deliver: D,
+    mut control: watch::Receiver<Phase>,
+) {
     let s = &shared.settings;
     let name = s.name.to_string();
     // Consecutive failed attempts.
@@ -408,9 +444,11 @@ async fn run_sender<D: Deliver>(shared: &Shared, mut deliver: D, mut control: wa
             }
         };
         if peeked.corrupt > 0 {
-            shared
-                .drops
-                .dropped("corrupt", peeked.corrupt, "a spooled alert could not be decoded");
+            shared.drops.dropped(
+                "corrupt",
+                peeked.corrupt,
+                "a spooled alert could not be decoded",
+            );
         }
         if peeked.entries.is_empty() {
             if deadline.is_some() && shared.intake_finished.load(Ordering::SeqCst) {
@@ -422,10 +460,12 @@ async fn run_sender<D: Deliver>(shared: &Shared, mut deliver: D, mut control: wa
             }
             continue;
         }
-        let (keys, alerts): (Vec<EntryKey>, Vec<Alert>) = peeked.entries.into_iter().map(|e| (e.key, e.alert)).unzip();
+        let (keys, alerts): (Vec<EntryKey>, Vec<Alert>) =
+            peeked.entries.into_iter().map(|e| (e.key, e.alert)).unzip();
         let n = alerts.len();
         if failures > 0 {
-            metrics::counter!("peregrine_output_retried_total", "output" => name.clone()).increment(1);
+            metrics::counter!("peregrine_output_retried_total", "output" => name.clone())
+                .increment(1);
         }
         let started = Instant::now();
         let span = tracing::debug_span!("deliver", output = %name, kind = s.kind, alerts = n);
@@ -455,7 +495,8 @@ async fn run_sender<D: Deliver>(shared: &Shared, mut deliver: D, mut control: wa
                 // at-least-once allows.
                 tracing::error!(output = %name, "cannot remove delivered alerts from the spool: {e}");
             }
-            metrics::counter!("peregrine_output_sent_total", "output" => name.clone()).increment(delivered as u64);
+            metrics::counter!("peregrine_output_sent_total", "output" => name.clone())
+                .increment(delivered as u64);
             isolate = isolate.saturating_sub(delivered);
         }
         match error {
@@ -490,9 +531,13 @@ async fn run_sender<D: Deliver>(shared: &Shared, mut deliver: D, mut control: wa
                     ),
                 );
             }
-            Some(SendError::Retry { message, retry_after }) => {
+            Some(SendError::Retry {
+                message,
+                retry_after,
+            }) => {
                 failures = failures.saturating_add(1);
-                metrics::counter!("peregrine_output_failed_total", "output" => name.clone()).increment(1);
+                metrics::counter!("peregrine_output_failed_total", "output" => name.clone())
+                    .increment(1);
                 metrics::gauge!("peregrine_output_up", "output" => name.clone()).set(0.0);
                 let mut delay = backoff(failures, s.retry_initial, s.retry_max);
                 if let Some(after) = retry_after {
@@ -518,7 +563,11 @@ async fn run_sender<D: Deliver>(shared: &Shared, mut deliver: D, mut control: wa
         }
     }
     let left = shared.store.lock().unwrap_or_else(|p| p.into_inner()).len();
-    let durable = shared.store.lock().unwrap_or_else(|p| p.into_inner()).is_durable();
+    let durable = shared
+        .store
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_durable();
     if left > 0 {
         if durable {
             tracing::info!(output = %name, alerts = left, "alerts stay in the spool and are delivered after the next start");
@@ -538,14 +587,18 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(900);
 
 /// Sleeps `delay`; returns early when the phase changes. False once the
 /// shutdown deadline has passed.
-async fn wait(control: &mut watch::Receiver<Phase>, delay: Duration, deadline: Option<tokio::time::Instant>) -> bool {
+async fn wait(
+    control: &mut watch::Receiver<Phase>,
+    delay: Duration,
+    deadline: Option<tokio::time::Instant>,
+) -> bool {
     let until = tokio::time::Instant::now() + delay;
     let until = deadline.map_or(until, |d| until.min(d));
     tokio::select! {
         _ = tokio::time::sleep_until(until) => {}
         _ = control.changed() => {}
     }
-    !deadline.is_some_and(|d| tokio::time::Instant::now() >= d)
+    deadline.is_none_or(|d| tokio::time::Instant::now() < d)
 }
 
 /// Exponential backoff with "equal jitter": at least half of the exponential
@@ -615,7 +668,11 @@ mod tests {
         for failures in 1..40 {
             let exp = (initial * 2u32.pow((failures - 1).min(20))).min(max);
             let d = backoff(failures, initial, max);
-            assert!(d >= exp / 2 && d <= exp, "attempt {failures}: {d:?} outside [{:?}, {exp:?}]", exp / 2);
+            assert!(
+                d >= exp / 2 && d <= exp,
+                "attempt {failures}: {d:?} outside [{:?}, {exp:?}]",
+                exp / 2
+            );
         }
     }
 }

@@ -46,6 +46,9 @@ pub struct FalcosidekickOutput {
 
 impl Deliver for FalcosidekickOutput {
     async fn send(&mut self, alerts: &[Alert]) -> Result<(), SendFailure> {
-        post_each(&self.target, alerts, |a| a.to_falco_json().to_string().into_bytes()).await
+        post_each(&self.target, alerts, |a| {
+            a.to_falco_json().to_string().into_bytes()
+        })
+        .await
     }
 }

@@ -50,7 +50,10 @@ impl FileConfig {
             return Err(BuildError("path must not be empty".into()));
         }
         if self.path.file_name().is_none() {
-            return Err(BuildError(format!("path {} does not name a file", self.path.display())));
+            return Err(BuildError(format!(
+                "path {} does not name a file",
+                self.path.display()
+            )));
         }
         Ok(())
     }
@@ -58,11 +61,13 @@ impl FileConfig {
     pub fn build(&self) -> Result<FileOutput, BuildError> {
         self.validate()?;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| BuildError(format!("cannot create directory {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                BuildError(format!("cannot create directory {}: {e}", dir.display()))
+            })?;
         }
         // Open now, so a path that cannot be written is a start-up error.
-        let state = FileState::open(&self.path).map_err(|e| BuildError(format!("cannot open {}: {e}", self.path.display())))?;
+        let state = FileState::open(&self.path)
+            .map_err(|e| BuildError(format!("cannot open {}: {e}", self.path.display())))?;
         Ok(FileOutput {
             config: Arc::new(self.clone()),
             state: Arc::new(Mutex::new(state)),
@@ -123,7 +128,10 @@ impl FileOutput {
             }
             buf.push(b'\n');
         }
-        if config.max_bytes > 0 && state.size > 0 && state.size + buf.len() as u64 > config.max_bytes {
+        if config.max_bytes > 0
+            && state.size > 0
+            && state.size + buf.len() as u64 > config.max_bytes
+        {
             Self::rotate(config, state)?;
         }
         state.file.write_all(&buf)?;
@@ -197,8 +205,16 @@ mod tests {
         }
         let live = std::fs::read_to_string(&path).unwrap();
         assert!(live.contains(" R3 "), "{live}");
-        assert!(std::fs::read_to_string(rotated(&path, 1)).unwrap().contains(" R2 "));
-        assert!(std::fs::read_to_string(rotated(&path, 2)).unwrap().contains(" R1 "));
+        assert!(
+            std::fs::read_to_string(rotated(&path, 1))
+                .unwrap()
+                .contains(" R2 ")
+        );
+        assert!(
+            std::fs::read_to_string(rotated(&path, 2))
+                .unwrap()
+                .contains(" R1 ")
+        );
         assert!(!rotated(&path, 3).exists());
     }
 }

@@ -32,7 +32,8 @@ pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const ERROR_BODY_BYTES: usize = 1024;
 
 fn read_file(what: &str, path: &Path) -> Result<Vec<u8>, BuildError> {
-    std::fs::read(path).map_err(|e| BuildError(format!("cannot read {what} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| BuildError(format!("cannot read {what} {}: {e}", path.display())))
 }
 
 /// An HTTP client with the output's TLS settings and timeout. Redirects are
@@ -53,10 +54,17 @@ pub(crate) fn client(tls: &TlsConfig, timeout_ms: u64) -> Result<reqwest::Client
         .user_agent(concat!("peregrine/", env!("CARGO_PKG_VERSION")));
     if let Some(ca) = &tls.ca_file {
         let pem = read_file("tls.ca_file", ca)?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| BuildError(format!("tls.ca_file {}: not a PEM certificate bundle: {e}", ca.display())))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            BuildError(format!(
+                "tls.ca_file {}: not a PEM certificate bundle: {e}",
+                ca.display()
+            ))
+        })?;
         if certs.is_empty() {
-            return Err(BuildError(format!("tls.ca_file {}: holds no PEM certificate", ca.display())));
+            return Err(BuildError(format!(
+                "tls.ca_file {}: holds no PEM certificate",
+                ca.display()
+            )));
         }
         b = b.tls_certs_merge(certs);
     }
@@ -81,14 +89,18 @@ pub(crate) fn client(tls: &TlsConfig, timeout_ms: u64) -> Result<reqwest::Client
             ));
         }
     }
-    b.build().map_err(|e| BuildError(format!("cannot build the HTTP client: {}", error_chain(&e))))
+    b.build()
+        .map_err(|e| BuildError(format!("cannot build the HTTP client: {}", error_chain(&e))))
 }
 
 /// Parses an output's URL; only http and https are accepted.
 pub(crate) fn parse_url(field: &str, url: &str) -> Result<reqwest::Url, BuildError> {
-    let u = reqwest::Url::parse(url).map_err(|e| BuildError(format!("{field} `{url}` is not a URL: {e}")))?;
+    let u = reqwest::Url::parse(url)
+        .map_err(|e| BuildError(format!("{field} `{url}` is not a URL: {e}")))?;
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-        return Err(BuildError(format!("{field} `{url}` must be an http:// or https:// URL")));
+        return Err(BuildError(format!(
+            "{field} `{url}` must be an http:// or https:// URL"
+        )));
     }
     Ok(u)
 }
@@ -97,8 +109,13 @@ pub(crate) fn parse_url(field: &str, url: &str) -> Result<reqwest::Url, BuildErr
 pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap, BuildError> {
     let mut map = HeaderMap::new();
     for (k, v) in headers {
-        let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| BuildError(format!("headers: `{k}` is not a valid header name")))?;
-        let mut value = HeaderValue::from_str(v).map_err(|_| BuildError(format!("headers: the value of `{k}` is not a valid header value")))?;
+        let name = HeaderName::from_bytes(k.as_bytes())
+            .map_err(|_| BuildError(format!("headers: `{k}` is not a valid header name")))?;
+        let mut value = HeaderValue::from_str(v).map_err(|_| {
+            BuildError(format!(
+                "headers: the value of `{k}` is not a valid header value"
+            ))
+        })?;
         if name == reqwest::header::AUTHORIZATION {
             value.set_sensitive(true);
         }
@@ -125,7 +142,9 @@ impl HttpTarget {
             .body(body)
             .send()
             .await
-            .map_err(|e| SendError::retry(format!("POST {}: {}", redact(&self.url), error_chain(&e))))?;
+            .map_err(|e| {
+                SendError::retry(format!("POST {}: {}", redact(&self.url), error_chain(&e)))
+            })?;
         answer(&self.url, response).await
     }
 }
@@ -149,7 +168,9 @@ async fn answer(url: &reqwest::Url, mut response: reqwest::Response) -> Result<(
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() < ERROR_BODY_BYTES {
-                    body.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_BYTES - body.len())]);
+                    body.extend_from_slice(
+                        &chunk[..chunk.len().min(ERROR_BODY_BYTES - body.len())],
+                    );
                 }
             }
             Ok(None) => break,
@@ -177,11 +198,15 @@ async fn answer(url: &reqwest::Url, mut response: reqwest::Response) -> Result<(
         format!("POST {}: HTTP {status}: {text}", redact(url))
     };
     let code = status.as_u16();
-    let refused = status.is_client_error() && !matches!(code, 401 | 403 | 404 | 407 | 408 | 409 | 425 | 429);
+    let refused =
+        status.is_client_error() && !matches!(code, 401 | 403 | 404 | 407 | 408 | 409 | 425 | 429);
     if refused {
         Err(SendError::Rejected(message))
     } else {
-        Err(SendError::Retry { message, retry_after })
+        Err(SendError::Retry {
+            message,
+            retry_after,
+        })
     }
 }
 

@@ -104,12 +104,18 @@ impl OutputKindConfig {
     ) -> Result<OutputHandle, BuildError> {
         let rt = runtime;
         Ok(match self {
-            OutputKindConfig::Stdout(c) => OutputHandle::start(rt, settings, store, c.build(stdout_format)),
+            OutputKindConfig::Stdout(c) => {
+                OutputHandle::start(rt, settings, store, c.build(stdout_format))
+            }
             OutputKindConfig::File(c) => OutputHandle::start(rt, settings, store, c.build()?),
             OutputKindConfig::Webhook(c) => OutputHandle::start(rt, settings, store, c.build()?),
-            OutputKindConfig::Falcosidekick(c) => OutputHandle::start(rt, settings, store, c.build()?),
+            OutputKindConfig::Falcosidekick(c) => {
+                OutputHandle::start(rt, settings, store, c.build()?)
+            }
             OutputKindConfig::Slack(c) => OutputHandle::start(rt, settings, store, c.build()?),
-            OutputKindConfig::Alertmanager(c) => OutputHandle::start(rt, settings, store, c.build()?),
+            OutputKindConfig::Alertmanager(c) => {
+                OutputHandle::start(rt, settings, store, c.build()?)
+            }
             OutputKindConfig::Syslog(c) => OutputHandle::start(rt, settings, store, c.build()?),
             OutputKindConfig::Nats(c) => OutputHandle::start(rt, settings, store, c.build()?),
         })
@@ -226,12 +232,11 @@ impl Outputs {
                 let dir = spool_dir
                     .as_ref()
                     .ok_or_else(|| OutputsError::NoSpoolDir { name: name.clone() })?;
-                let spool = DiskSpool::open(&dir.join(format!("{name}.sqlite")), d.spool_max_bytes).map_err(|source| {
-                    OutputsError::Spool {
+                let spool = DiskSpool::open(&dir.join(format!("{name}.sqlite")), d.spool_max_bytes)
+                    .map_err(|source| OutputsError::Spool {
                         name: name.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 Store::Disk(spool)
             } else {
                 Store::Memory(MemoryStore::new(d.queue_alerts))
@@ -267,7 +272,12 @@ impl Outputs {
     /// Stops taking alerts, delivers for up to the grace period, then stops.
     /// Blocks: call it from a plain thread (or `spawn_blocking`).
     pub fn shutdown(&self) {
-        let Some(runtime) = self.runtime.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(runtime) = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
             return;
         };
         let deadline = Instant::now() + self.grace;
@@ -290,7 +300,12 @@ impl Drop for Outputs {
     fn drop(&mut self) {
         // Without an orderly shutdown, stop the tasks where they are: what a
         // durable spool holds is delivered on the next start.
-        if let Some(rt) = self.runtime.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(rt) = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             rt.shutdown_background();
         }
     }

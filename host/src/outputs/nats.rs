@@ -108,7 +108,13 @@ fn parse_template(t: &str) -> Result<Vec<Part>, BuildError> {
 fn token(v: &str) -> String {
     let t: String = v
         .chars()
-        .map(|c| if c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control() { '_' } else { c })
+        .map(|c| {
+            if c == '.' || c == '*' || c == '>' || c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
     if t.is_empty() { "_".into() } else { t }
 }
@@ -135,11 +141,21 @@ struct Endpoint {
 
 impl NatsConfig {
     fn endpoint(&self) -> Result<Endpoint, BuildError> {
-        let u = reqwest::Url::parse(&self.url).map_err(|e| BuildError(format!("url `{}` is not a URL: {e}", self.url)))?;
+        let u = reqwest::Url::parse(&self.url)
+            .map_err(|e| BuildError(format!("url `{}` is not a URL: {e}", self.url)))?;
         match u.scheme() {
             "nats" => {}
-            "tls" => return Err(BuildError("TLS connections to NATS are not supported yet: use nats://".into())),
-            other => return Err(BuildError(format!("url `{}`: scheme `{other}` is not nats://", self.url))),
+            "tls" => {
+                return Err(BuildError(
+                    "TLS connections to NATS are not supported yet: use nats://".into(),
+                ));
+            }
+            other => {
+                return Err(BuildError(format!(
+                    "url `{}`: scheme `{other}` is not nats://",
+                    self.url
+                )));
+            }
         }
         let host = u
             .host_str()
@@ -205,10 +221,16 @@ async fn read_line(stream: &mut BufReader<TcpStream>) -> Result<ServerLine, Send
             return Err(SendError::retry("the NATS server closed the connection"));
         }
         if !line.ends_with('\n') {
-            return Err(SendError::retry("the NATS server sent a line that is too long or cut off"));
+            return Err(SendError::retry(
+                "the NATS server sent a line that is too long or cut off",
+            ));
         }
         let l = line.trim_end();
-        let verb = l.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+        let verb = l
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
         match verb.as_str() {
             "PONG" => return Ok(ServerLine::Pong),
             "PING" => {
@@ -218,9 +240,18 @@ async fn read_line(stream: &mut BufReader<TcpStream>) -> Result<ServerLine, Send
                     .await
                     .map_err(|e| SendError::retry(format!("writing to the NATS server: {e}")))?;
             }
-            "-ERR" => return Ok(ServerLine::Err(l[4..].trim().trim_matches('\'').to_string())),
+            "-ERR" => {
+                return Ok(ServerLine::Err(
+                    l[4..].trim().trim_matches('\'').to_string(),
+                ));
+            }
             "+OK" | "INFO" => return Ok(ServerLine::Other),
-            _ => return Err(SendError::retry(format!("the NATS server sent `{}`", l.chars().take(80).collect::<String>()))),
+            _ => {
+                return Err(SendError::retry(format!(
+                    "the NATS server sent `{}`",
+                    l.chars().take(80).collect::<String>()
+                )));
+            }
         }
     }
 }
@@ -231,9 +262,13 @@ async fn await_pong(stream: &mut BufReader<TcpStream>) -> Result<(), SendError> 
         match read_line(stream).await? {
             ServerLine::Pong => return Ok(()),
             ServerLine::Err(e) if e.to_ascii_lowercase().contains("maximum payload") => {
-                return Err(SendError::Rejected(format!("the NATS server refused the message: {e}")));
+                return Err(SendError::Rejected(format!(
+                    "the NATS server refused the message: {e}"
+                )));
             }
-            ServerLine::Err(e) => return Err(SendError::retry(format!("the NATS server answered: {e}"))),
+            ServerLine::Err(e) => {
+                return Err(SendError::retry(format!("the NATS server answered: {e}")));
+            }
             ServerLine::Other => {}
         }
     }
@@ -258,7 +293,9 @@ impl NatsOutput {
             .and_then(|j| serde_json::from_str::<serde_json::Value>(j.trim()).ok())
             .ok_or_else(|| SendError::retry(format!("{addr} did not greet like a NATS server")))?;
         if info_json["tls_required"].as_bool() == Some(true) {
-            return Err(SendError::retry(format!("the NATS server at {addr} requires TLS, which this output does not speak yet")));
+            return Err(SendError::retry(format!(
+                "the NATS server at {addr} requires TLS, which this output does not speak yet"
+            )));
         }
         let max_payload = info_json["max_payload"].as_u64().unwrap_or(1 << 20) as usize;
         let mut connect = serde_json::json!({
@@ -286,7 +323,10 @@ impl NatsOutput {
             .await
             .map_err(|e| SendError::retry(format!("writing to NATS at {addr}: {e}")))?;
         await_pong(&mut stream).await?;
-        Ok(Connection { stream, max_payload })
+        Ok(Connection {
+            stream,
+            max_payload,
+        })
     }
 
     async fn publish(&mut self, alerts: &[Alert]) -> Result<(), SendFailure> {
@@ -302,7 +342,13 @@ impl NatsOutput {
                 refused = Some((i, payload.len()));
                 break;
             }
-            let subject = render(&self.subject, &a.tenant, &a.rule_id, &a.priority.as_str().to_ascii_lowercase(), &a.module);
+            let subject = render(
+                &self.subject,
+                &a.tenant,
+                &a.rule_id,
+                &a.priority.as_str().to_ascii_lowercase(),
+                &a.module,
+            );
             buf.extend_from_slice(format!("PUB {subject} {}\r\n", payload.len()).as_bytes());
             buf.extend_from_slice(payload.as_bytes());
             buf.extend_from_slice(b"\r\n");
@@ -335,7 +381,11 @@ impl Deliver for NatsOutput {
         let timeout = self.timeout;
         let result = match tokio::time::timeout(timeout, self.publish(alerts)).await {
             Ok(r) => r,
-            Err(_) => Err(SendError::retry(format!("no answer from NATS within {} ms", timeout.as_millis())).into()),
+            Err(_) => Err(SendError::retry(format!(
+                "no answer from NATS within {} ms",
+                timeout.as_millis()
+            ))
+            .into()),
         };
         if result.is_err() {
             // The connection's state is unknown (and NATS closes it after a
@@ -353,7 +403,10 @@ mod tests {
     #[test]
     fn subject_templates_are_checked_and_filled_safely() {
         let p = parse_template("peregrine.{tenant}.{priority}").unwrap();
-        assert_eq!(render(&p, "team a.b", "r", "warning", "m"), "peregrine.team_a_b.warning");
+        assert_eq!(
+            render(&p, "team a.b", "r", "warning", "m"),
+            "peregrine.team_a_b.warning"
+        );
         assert_eq!(render(&p, "", "r", "p", "m"), "peregrine._.p");
         assert!(parse_template("peregrine.{tennant}").is_err());
         assert!(parse_template("peregrine..{tenant}").is_err());
@@ -363,6 +416,13 @@ mod tests {
         assert!(c.validate().is_err());
         let c: NatsConfig = toml::from_str("url = \"nats://u:p@x\"").unwrap();
         let e = c.endpoint().unwrap();
-        assert_eq!((e.host_port.as_str(), e.user.as_deref(), e.password.as_deref()), ("x:4222", Some("u"), Some("p")));
+        assert_eq!(
+            (
+                e.host_port.as_str(),
+                e.user.as_deref(),
+                e.password.as_deref()
+            ),
+            ("x:4222", Some("u"), Some("p"))
+        );
     }
 }

@@ -75,7 +75,9 @@ fn emoji(p: Priority) -> &'static str {
 
 /// Slack's mrkdwn treats `&`, `<` and `>` as control characters.
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// At most `max` characters, with an ellipsis when cut.
@@ -112,7 +114,12 @@ impl SlackOutput {
                 })
             })
             .collect();
-        let mut context = format!("{} · audit ID {} · host {}", a.time_rfc3339(), a.audit_id, a.hostname);
+        let mut context = format!(
+            "{} · audit ID {} · host {}",
+            a.time_rfc3339(),
+            a.audit_id,
+            a.hostname
+        );
         if !a.tags.is_empty() {
             context.push_str(&format!(" · tags: {}", a.tags.join(", ")));
         }
@@ -151,7 +158,10 @@ impl SlackOutput {
 impl Deliver for SlackOutput {
     async fn send(&mut self, alerts: &[Alert]) -> Result<(), SendFailure> {
         let this = &*self;
-        post_each(&this.target, alerts, |a| this.message(a).to_string().into_bytes()).await
+        post_each(&this.target, alerts, |a| {
+            this.message(a).to_string().into_bytes()
+        })
+        .await
     }
 }
 

@@ -26,15 +26,23 @@ const SCHEMA_VERSION: i64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("cannot create spool directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(
         "spool {path} is in use by another process (two Peregrine processes must not share a spool directory)"
     )]
     Locked { path: PathBuf },
-    #[error("spool {path} cannot be used: {message} (move the file away to start with an empty spool)")]
+    #[error(
+        "spool {path} cannot be used: {message} (move the file away to start with an empty spool)"
+    )]
     Unusable { path: PathBuf, message: String },
     #[error("spool {path}: {source}")]
-    Sqlite { path: PathBuf, source: rusqlite::Error },
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
 }
 
 /// What removing a stored alert needs.
@@ -153,30 +161,41 @@ impl DiskSpool {
         };
         let conn = Connection::open_with_flags(
             path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sqlite)?;
         let unusable = |e: rusqlite::Error| classify(path, e);
         // Fail at once on a lock held by another process, not after rusqlite's
         // default five-second wait.
-        conn.busy_timeout(std::time::Duration::ZERO).map_err(unusable)?;
+        conn.busy_timeout(std::time::Duration::ZERO)
+            .map_err(unusable)?;
         // Exclusive locking: a second process on the same file fails at once
         // instead of both delivering (and deleting) the same alerts. With it,
         // WAL needs no shared-memory file. The lock goes away with the
         // process, however it dies.
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(unusable)?;
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(unusable)?;
         // Must precede the first table so SQLite can give pages back.
-        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL").map_err(unusable)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(unusable)?;
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")
+            .map_err(unusable)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(unusable)?;
         // In WAL mode NORMAL survives a killed process (the case the spool
         // is for); only a power cut may lose the last transactions.
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(unusable)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(unusable)?;
         conn.execute_batch("BEGIN EXCLUSIVE").map_err(unusable)?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(unusable)?;
         let tables: i64 = conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )
             .map_err(unusable)?;
         if version == 0 && tables == 0 {
             conn.execute_batch(&format!(
@@ -191,14 +210,18 @@ impl DiskSpool {
         } else if version != SCHEMA_VERSION {
             return Err(SpoolError::Unusable {
                 path: path.to_path_buf(),
-                message: format!("it has schema version {version}, this Peregrine reads version {SCHEMA_VERSION}"),
+                message: format!(
+                    "it has schema version {version}, this Peregrine reads version {SCHEMA_VERSION}"
+                ),
             });
         }
         conn.execute_batch("COMMIT").map_err(unusable)?;
         let (alerts, bytes): (i64, i64) = conn
-            .query_row("SELECT count(*), coalesce(sum(length(payload)), 0) FROM alerts", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            .query_row(
+                "SELECT count(*), coalesce(sum(length(payload)), 0) FROM alerts",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
             .map_err(unusable)?;
         Ok(DiskSpool {
             conn,
@@ -273,7 +296,9 @@ impl DiskSpool {
                     source: e,
                 })?;
             let rows = stmt
-                .query_map(params![n as i64], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
+                .query_map(params![n as i64], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                })
                 .map_err(|e| SpoolError::Sqlite {
                     path: self.path.clone(),
                     source: e,
@@ -316,7 +341,9 @@ impl DiskSpool {
         let mut removed = 0u64;
         let mut removed_bytes = 0u64;
         {
-            let mut del = tx.prepare_cached("DELETE FROM alerts WHERE id = ?1").map_err(sqlite)?;
+            let mut del = tx
+                .prepare_cached("DELETE FROM alerts WHERE id = ?1")
+                .map_err(sqlite)?;
             for k in keys {
                 if del.execute(params![k.id]).map_err(sqlite)? > 0 {
                     removed += 1;
@@ -378,7 +405,10 @@ impl MemoryStore {
                 continue;
             }
             self.alerts.push_back(Entry {
-                key: EntryKey { id: self.next_id, bytes: 0 },
+                key: EntryKey {
+                    id: self.next_id,
+                    bytes: 0,
+                },
                 alert,
             });
             self.next_id += 1;
@@ -453,7 +483,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.sqlite");
         let _first = DiskSpool::open(&path, 1 << 20).unwrap();
-        let err = DiskSpool::open(&path, 1 << 20).err().expect("second open must fail");
+        let err = DiskSpool::open(&path, 1 << 20)
+            .err()
+            .expect("second open must fail");
         assert!(matches!(err, SpoolError::Locked { .. }), "{err}");
     }
 
@@ -472,8 +504,14 @@ mod tests {
     fn garbage_files_and_rows_give_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("garbage.sqlite");
-        std::fs::write(&path, b"this is not a database, just some text that is long enough").unwrap();
-        let err = DiskSpool::open(&path, 1 << 20).err().expect("garbage must be refused");
+        std::fs::write(
+            &path,
+            b"this is not a database, just some text that is long enough",
+        )
+        .unwrap();
+        let err = DiskSpool::open(&path, 1 << 20)
+            .err()
+            .expect("garbage must be refused");
         assert!(matches!(err, SpoolError::Unusable { .. }), "{err}");
 
         let path = dir.path().join("rows.sqlite");
@@ -481,7 +519,10 @@ mod tests {
             let mut s = DiskSpool::open(&path, 1 << 20).unwrap();
             s.append(vec![alert(1)]).unwrap();
             s.conn
-                .execute("INSERT INTO alerts (spooled_at_ms, payload) VALUES (0, X'7b7d')", [])
+                .execute(
+                    "INSERT INTO alerts (spooled_at_ms, payload) VALUES (0, X'7b7d')",
+                    [],
+                )
                 .unwrap();
             s.append(vec![alert(2)]).unwrap();
         }

@@ -67,8 +67,29 @@ fn default_timeout_ms() -> u64 {
 }
 
 const FACILITIES: [&str; 24] = [
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp", "ntp",
-    "security", "console", "solaris-cron", "local0", "local1", "local2", "local3", "local4", "local5", "local6",
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "security",
+    "console",
+    "solaris-cron",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
     "local7",
 ];
 
@@ -78,13 +99,22 @@ impl SyslogConfig {
             .iter()
             .position(|f| *f == self.facility)
             .map(|i| i as u8)
-            .ok_or_else(|| BuildError(format!("facility `{}` is not one of {}", self.facility, FACILITIES.join(", "))))
+            .ok_or_else(|| {
+                BuildError(format!(
+                    "facility `{}` is not one of {}",
+                    self.facility,
+                    FACILITIES.join(", ")
+                ))
+            })
     }
 
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
         self.facility_code()?;
         if !self.address.contains(':') {
-            return Err(BuildError(format!("address `{}` must be host:port", self.address)));
+            return Err(BuildError(format!(
+                "address `{}` must be host:port",
+                self.address
+            )));
         }
         if self.max_message_bytes < 480 {
             // RFC 5424 requires receivers to take 480 bytes; less cannot hold a header and a message.
@@ -119,7 +149,11 @@ pub struct SyslogOutput {
 /// Printable US-ASCII without spaces, at most `max` long, `-` when empty:
 /// what RFC 5424 allows in its header fields.
 fn header_field(s: &str, max: usize) -> String {
-    let t: String = s.chars().filter(|c| ('!'..='~').contains(c)).take(max).collect();
+    let t: String = s
+        .chars()
+        .filter(|c| ('!'..='~').contains(c))
+        .take(max)
+        .collect();
     if t.is_empty() { "-".into() } else { t }
 }
 
@@ -230,10 +264,18 @@ impl SyslogOutput {
         if self.udp.is_none() {
             let addr = tokio::net::lookup_host(&self.config.address)
                 .await
-                .map_err(|e| SendError::retry(format!("cannot resolve {}: {e}", self.config.address)))?
+                .map_err(|e| {
+                    SendError::retry(format!("cannot resolve {}: {e}", self.config.address))
+                })?
                 .next()
-                .ok_or_else(|| SendError::retry(format!("{} resolves to no address", self.config.address)))?;
-            let local = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+                .ok_or_else(|| {
+                    SendError::retry(format!("{} resolves to no address", self.config.address))
+                })?;
+            let local = if addr.is_ipv4() {
+                "0.0.0.0:0"
+            } else {
+                "[::]:0"
+            };
             let socket = UdpSocket::bind(local)
                 .await
                 .map_err(|e| SendError::retry(format!("cannot open a UDP socket: {e}")))?;
@@ -283,7 +325,8 @@ mod tests {
         assert_eq!(s, "h");
         assert_eq!(severity(Priority::Emergency), 0);
         assert_eq!(severity(Priority::Debug), 7);
-        let c: SyslogConfig = toml::from_str("address = \"127.0.0.1:514\"\nfacility = \"local9\"").unwrap();
+        let c: SyslogConfig =
+            toml::from_str("address = \"127.0.0.1:514\"\nfacility = \"local9\"").unwrap();
         assert!(c.validate().unwrap_err().0.contains("local9"));
     }
 }

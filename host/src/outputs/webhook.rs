@@ -55,18 +55,28 @@ pub struct WebhookOutput {
 
 /// One POST per alert, in order; stops at the first failure so the
 /// delivered prefix is acknowledged and the rest retried.
-pub(crate) async fn post_each(target: &HttpTarget, alerts: &[Alert], body: impl Fn(&Alert) -> Vec<u8>) -> Result<(), SendFailure> {
+pub(crate) async fn post_each(
+    target: &HttpTarget,
+    alerts: &[Alert],
+    body: impl Fn(&Alert) -> Vec<u8>,
+) -> Result<(), SendFailure> {
     for (i, a) in alerts.iter().enumerate() {
         target
             .post_json(body(a))
             .await
-            .map_err(|error| SendFailure { delivered: i, error })?;
+            .map_err(|error| SendFailure {
+                delivered: i,
+                error,
+            })?;
     }
     Ok(())
 }
 
 impl Deliver for WebhookOutput {
     async fn send(&mut self, alerts: &[Alert]) -> Result<(), SendFailure> {
-        post_each(&self.target, alerts, |a| a.to_falco_json().to_string().into_bytes()).await
+        post_each(&self.target, alerts, |a| {
+            a.to_falco_json().to_string().into_bytes()
+        })
+        .await
     }
 }
