@@ -66,7 +66,7 @@ fn severity(p: Priority) -> &'static str {
 }
 
 impl AlertmanagerConfig {
-    fn endpoint(&self) -> Result<reqwest::Url, BuildError> {
+    fn endpoint(&self) -> Result<url::Url, BuildError> {
         let base = self.url.trim_end_matches('/');
         let url = if base.ends_with("/api/v2/alerts") {
             base.to_string()

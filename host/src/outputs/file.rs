@@ -119,22 +119,32 @@ impl FileOutput {
         Ok(())
     }
 
+    /// Appends one line per alert, rotating before a line that would take
+    /// the file past `max_bytes` (a single longer line still goes in whole).
     fn write(config: &FileConfig, state: &mut FileState, alerts: &[Alert]) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(alerts.len() * 512);
         for a in alerts {
-            match config.format {
-                AlertFormat::Json => serde_json::to_writer(&mut buf, &a.to_falco_json())?,
-                AlertFormat::Text => buf.extend_from_slice(a.to_text_line().as_bytes()),
+            let mut line = match config.format {
+                AlertFormat::Json => serde_json::to_vec(&a.to_falco_json())?,
+                AlertFormat::Text => a.to_text_line().into_bytes(),
+            };
+            line.push(b'\n');
+            let size = state.size + buf.len() as u64;
+            if config.max_bytes > 0 && size > 0 && size + line.len() as u64 > config.max_bytes {
+                Self::append(config, state, &buf)?;
+                buf.clear();
+                Self::rotate(config, state)?;
             }
-            buf.push(b'\n');
+            buf.extend_from_slice(&line);
         }
-        if config.max_bytes > 0
-            && state.size > 0
-            && state.size + buf.len() as u64 > config.max_bytes
-        {
-            Self::rotate(config, state)?;
+        Self::append(config, state, &buf)
+    }
+
+    fn append(config: &FileConfig, state: &mut FileState, buf: &[u8]) -> std::io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
         }
-        state.file.write_all(&buf)?;
+        state.file.write_all(buf)?;
         state.file.flush()?;
         if config.fsync {
             state.file.sync_data()?;

@@ -1,12 +1,25 @@
 //! What the HTTP outputs (webhook, Falcosidekick, Slack, Alertmanager)
 //! share: the client with its TLS settings, and how a receiver's answer
 //! becomes an acknowledgement, a retry or a refusal.
+//!
+//! The client is hyper's, with rustls on the ring provider passed in
+//! explicitly. (reqwest without its default aws-lc provider needs a
+//! process-wide default provider installed before any client is built,
+//! which every other user of reqwest in the process would then depend on.)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 use super::BuildError;
@@ -36,70 +49,99 @@ fn read_file(what: &str, path: &Path) -> Result<Vec<u8>, BuildError> {
         .map_err(|e| BuildError(format!("cannot read {what} {}: {e}", path.display())))
 }
 
-/// An HTTP client with the output's TLS settings and timeout. Redirects are
-/// not followed: a POST redirected to another address is a configuration
-/// mistake to report, not to paper over.
-pub(crate) fn client(tls: &TlsConfig, timeout_ms: u64) -> Result<reqwest::Client, BuildError> {
-    // reqwest is built without a default crypto provider (ring is smaller
-    // and quicker to build than aws-lc); install ours once per process.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// The rustls client configuration: the system's roots plus `ca_file`,
+/// and the client certificate if one is given.
+fn tls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, BuildError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    // Unreadable system certificates are not fatal: a private CA in
+    // `ca_file` may be all this output needs.
+    for e in &native.errors {
+        tracing::debug!("system CA certificates: {e}");
+    }
+    roots.add_parsable_certificates(native.certs);
+    if let Some(ca) = &tls.ca_file {
+        let pem = read_file("tls.ca_file", ca)?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| BuildError(format!("tls.ca_file {}: not PEM certificates: {e}", ca.display())))?;
+        if certs.is_empty() {
+            return Err(BuildError(format!("tls.ca_file {}: holds no PEM certificate", ca.display())));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| BuildError(format!("tls.ca_file {}: {e}", ca.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BuildError(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots);
+    match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert), Some(key)) => {
+            let pem = read_file("tls.client_cert_file", cert)?;
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| BuildError(format!("tls.client_cert_file {}: not PEM certificates: {e}", cert.display())))?;
+            if chain.is_empty() {
+                return Err(BuildError(format!("tls.client_cert_file {}: holds no PEM certificate", cert.display())));
+            }
+            let pem = read_file("tls.client_key_file", key)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&pem)
+                .map_err(|e| BuildError(format!("tls.client_key_file {}: not a PEM private key: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| BuildError(format!("tls.client_cert_file with tls.client_key_file: {e}")))
+        }
+        (None, None) => Ok(builder.with_no_client_auth()),
+        _ => Err(BuildError("tls.client_cert_file and tls.client_key_file go together".into())),
+    }
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// An HTTP(S) client with the output's TLS settings. Redirects are not
+/// followed: a POST redirected elsewhere is a configuration mistake to
+/// report, not to paper over.
+pub(crate) fn client(tls: &TlsConfig, timeout_ms: u64) -> Result<HttpClient, BuildError> {
     if timeout_ms == 0 {
         return Err(BuildError("timeout_ms must be positive".into()));
     }
     let timeout = Duration::from_millis(timeout_ms);
-    let mut b = reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("peregrine/", env!("CARGO_PKG_VERSION")));
-    if let Some(ca) = &tls.ca_file {
-        let pem = read_file("tls.ca_file", ca)?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-            BuildError(format!(
-                "tls.ca_file {}: not a PEM certificate bundle: {e}",
-                ca.display()
-            ))
-        })?;
-        if certs.is_empty() {
-            return Err(BuildError(format!(
-                "tls.ca_file {}: holds no PEM certificate",
-                ca.display()
-            )));
-        }
-        b = b.tls_certs_merge(certs);
-    }
-    match (&tls.client_cert_file, &tls.client_key_file) {
-        (Some(cert), Some(key)) => {
-            let mut pem = read_file("tls.client_cert_file", cert)?;
-            pem.push(b'\n');
-            pem.extend(read_file("tls.client_key_file", key)?);
-            let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                BuildError(format!(
-                    "tls.client_cert_file {} with tls.client_key_file {}: not a PEM certificate and private key: {e}",
-                    cert.display(),
-                    key.display()
-                ))
-            })?;
-            b = b.identity(id);
-        }
-        (None, None) => {}
-        _ => {
-            return Err(BuildError(
-                "tls.client_cert_file and tls.client_key_file go together".into(),
-            ));
-        }
-    }
-    b.build()
-        .map_err(|e| BuildError(format!("cannot build the HTTP client: {}", error_chain(&e))))
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout.min(Duration::from_secs(10))));
+    http.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(tls)?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(HttpClient {
+        inner: Client::builder(TokioExecutor::new()).build(https),
+        timeout,
+    })
+}
+
+/// A client and the timeout of one request, answer included.
+#[derive(Clone)]
+pub(crate) struct HttpClient {
+    inner: HttpsClient,
+    timeout: Duration,
 }
 
 /// Parses an output's URL; only http and https are accepted.
-pub(crate) fn parse_url(field: &str, url: &str) -> Result<reqwest::Url, BuildError> {
-    let u = reqwest::Url::parse(url)
-        .map_err(|e| BuildError(format!("{field} `{url}` is not a URL: {e}")))?;
+pub(crate) fn parse_url(field: &str, url: &str) -> Result<url::Url, BuildError> {
+    let u = url::Url::parse(url).map_err(|e| BuildError(format!("{field} `{url}` is not a URL: {e}")))?;
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
+        return Err(BuildError(format!("{field} `{url}` must be an http:// or https:// URL")));
+    }
+    if !u.username().is_empty() || u.password().is_some() {
         return Err(BuildError(format!(
-            "{field} `{url}` must be an http:// or https:// URL"
+            "{field}: put credentials in an Authorization header, not in the URL"
         )));
     }
     Ok(u)
@@ -111,12 +153,9 @@ pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap
     for (k, v) in headers {
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| BuildError(format!("headers: `{k}` is not a valid header name")))?;
-        let mut value = HeaderValue::from_str(v).map_err(|_| {
-            BuildError(format!(
-                "headers: the value of `{k}` is not a valid header value"
-            ))
-        })?;
-        if name == reqwest::header::AUTHORIZATION {
+        let mut value = HeaderValue::from_str(v)
+            .map_err(|_| BuildError(format!("headers: the value of `{k}` is not a valid header value")))?;
+        if name == hyper::header::AUTHORIZATION {
             value.set_sensitive(true);
         }
         map.insert(name, value);
@@ -126,26 +165,45 @@ pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap
 
 /// One receiver: a client, a URL and the headers sent with every request.
 pub(crate) struct HttpTarget {
-    pub client: reqwest::Client,
-    pub url: reqwest::Url,
+    pub client: HttpClient,
+    pub url: url::Url,
     pub headers: HeaderMap,
 }
 
 impl HttpTarget {
     /// POSTs a JSON body; any 2xx answer acknowledges it.
     pub async fn post_json(&self, body: Vec<u8>) -> Result<(), SendError> {
-        let response = self
-            .client
-            .post(self.url.clone())
-            .headers(self.headers.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| {
-                SendError::retry(format!("POST {}: {}", redact(&self.url), error_chain(&e)))
-            })?;
-        answer(&self.url, response).await
+        let uri: hyper::Uri = self
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e| SendError::retry(format!("{}: {e}", redact(&self.url))))?;
+        let mut req = hyper::Request::post(uri)
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| SendError::retry(format!("{}: {e}", redact(&self.url))))?;
+        let h = req.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(USER_AGENT, HeaderValue::from_static(concat!("peregrine/", env!("CARGO_PKG_VERSION"))));
+        for (k, v) in &self.headers {
+            h.insert(k.clone(), v.clone());
+        }
+        let exchange = async {
+            let response = self
+                .client
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| SendError::retry(format!("POST {}: {}", redact(&self.url), error_chain(&e))))?;
+            answer(&self.url, response).await
+        };
+        match tokio::time::timeout(self.client.timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(SendError::retry(format!(
+                "POST {}: no answer within {} ms",
+                redact(&self.url),
+                self.client.timeout.as_millis()
+            ))),
+        }
     }
 }
 
@@ -153,7 +211,7 @@ impl HttpTarget {
 /// 413, 422 and the like) drops it; authentication and addressing errors
 /// (401, 403, 404) are retried, since an operator can fix them without the
 /// alerts being lost meanwhile.
-async fn answer(url: &reqwest::Url, mut response: reqwest::Response) -> Result<(), SendError> {
+async fn answer(url: &url::Url, response: hyper::Response<hyper::body::Incoming>) -> Result<(), SendError> {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -162,18 +220,18 @@ async fn answer(url: &reqwest::Url, mut response: reqwest::Response) -> Result<(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
     // Read (a bounded part of) the body: it explains errors, and reading it
-    // lets the connection be reused.
+    // to the end lets the connection be reused.
     let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                if body.len() < ERROR_BODY_BYTES {
-                    body.extend_from_slice(
-                        &chunk[..chunk.len().min(ERROR_BODY_BYTES - body.len())],
-                    );
+    let mut incoming = response.into_body();
+    while let Some(frame) = incoming.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(chunk) = f.data_ref()
+                    && body.len() < ERROR_BODY_BYTES
+                {
+                    body.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_BYTES - body.len())]);
                 }
             }
-            Ok(None) => break,
             Err(e) => {
                 if status.is_success() {
                     // The receiver said yes before the body broke off.
@@ -212,7 +270,7 @@ async fn answer(url: &reqwest::Url, mut response: reqwest::Response) -> Result<(
 
 /// A URL fit for logs: no credentials, no query (Slack's secret is in the
 /// path, so for hooks.slack.com only the host is kept).
-pub(crate) fn redact(url: &reqwest::Url) -> String {
+pub(crate) fn redact(url: &url::Url) -> String {
     let host = url.host_str().unwrap_or("");
     if host.ends_with("slack.com") {
         return format!("{}://{host}/…", url.scheme());
@@ -221,7 +279,7 @@ pub(crate) fn redact(url: &reqwest::Url) -> String {
     format!("{}://{host}{port}{}", url.scheme(), url.path())
 }
 
-/// An error with its causes, which is where reqwest says what went wrong
+/// An error with its causes, which is where hyper says what went wrong
 /// ("connection refused", "certificate not trusted").
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -255,6 +313,7 @@ mod tests {
         };
         let err = client(&tls, 1000).err().unwrap();
         assert!(err.0.contains("/nonexistent/ca.pem"), "{err}");
+        assert!(client(&TlsConfig::default(), 1000).is_ok());
         let dir = tempfile::tempdir().unwrap();
         let garbage = dir.path().join("ca.pem");
         std::fs::write(&garbage, "not pem").unwrap();
@@ -268,13 +327,14 @@ mod tests {
             ..Default::default()
         };
         assert!(client(&tls, 1000).err().unwrap().0.contains("go together"));
+        assert!(parse_url("url", "http://user:pw@x/").is_err());
     }
 
     #[test]
     fn redaction_hides_secrets() {
-        let u = reqwest::Url::parse("https://hooks.slack.com/services/T000/B000/XXXX").unwrap();
+        let u = url::Url::parse("https://hooks.slack.com/services/T000/B000/XXXX").unwrap();
         assert_eq!(redact(&u), "https://hooks.slack.com/…");
-        let u = reqwest::Url::parse("https://user:pw@example.com:8443/path?token=x").unwrap();
+        let u = url::Url::parse("https://example.com:8443/path?token=x").unwrap();
         assert_eq!(redact(&u), "https://example.com:8443/path");
     }
 }

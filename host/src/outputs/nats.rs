@@ -141,7 +141,7 @@ struct Endpoint {
 
 impl NatsConfig {
     fn endpoint(&self) -> Result<Endpoint, BuildError> {
-        let u = reqwest::Url::parse(&self.url)
+        let u = url::Url::parse(&self.url)
             .map_err(|e| BuildError(format!("url `{}` is not a URL: {e}", self.url)))?;
         match u.scheme() {
             "nats" => {}

@@ -101,7 +101,11 @@ impl SlackOutput {
         let extra: Vec<(&str, String)> = a
             .fields
             .iter()
-            .filter_map(|(k, v)| v.as_ref().map(|v| (k.as_str(), v.clone())))
+            .filter_map(|(k, v)| {
+                v.as_ref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (k.as_str(), v.clone()))
+            })
             .take(FIELDS_MAX - fields.len())
             .collect();
         fields.extend(extra);
