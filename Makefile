@@ -14,9 +14,14 @@ run: rules
 rules:
 	scripts/build-rules.sh
 
-test: rules
+test: rules tests/ui/node_modules
 	$(CARGO) test --release --workspace
 	scripts/test-python-js-rules.sh
+
+# Playwright (the library only; the browser is Debian's chromium) for the UI tests.
+tests/ui/node_modules: tests/ui/package-lock.json
+	cd tests/ui && npm ci --no-audit --no-fund
+	touch $@
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -30,6 +30,8 @@ pub struct PeregrineConfig {
     pub outputs: BTreeMap<String, crate::outputs::OutputKindConfig>,
     /// Settings shared by every output's delivery (spool directory).
     pub delivery: crate::outputs::DeliveryConfig,
+    /// Alert history for the web UI and `GET /api/v1/alerts`.
+    pub store: crate::store::StoreConfig,
     pub auth: crate::tenants::AuthConfig,
     /// Tenants by id. The `default` tenant (`/k8s-audit`) always exists.
     pub tenants: BTreeMap<String, crate::tenants::TenantConfig>,
@@ -52,6 +54,8 @@ pub struct ServerConfig {
     /// Events remembered to drop duplicates by (auditID, stage), which the
     /// apiserver sends when it retries a batch.
     pub dedup_capacity: usize,
+    /// Serve HTTPS instead of HTTP (and optionally require client certificates).
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +66,7 @@ impl Default for ServerConfig {
             max_event_bytes: 3 << 20,
             queue_events: 100_000,
             dedup_capacity: 100_000,
+            tls: None,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! their files; [`tenants`] says who may post what.
 
 pub mod alert;
+pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -19,5 +20,7 @@ pub mod reload;
 pub mod router;
 pub mod rules;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod tenants;
+pub mod tls;

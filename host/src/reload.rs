@@ -19,7 +19,9 @@ use serde::Serialize;
 
 use crate::config::PeregrineConfig;
 use crate::evaluate::QUARANTINE_AFTER;
-use crate::rules::{LoadedModule, ModuleLoader, ModuleStats, RuleSet, Scope, discover_modules};
+use crate::rules::{
+    LoadFailure, LoadedModule, ModuleLoader, ModuleStats, RuleSet, Scope, discover_modules,
+};
 use crate::tenants::Tenants;
 
 /// Quiet time after the last change to a file before it is loaded: editors
@@ -166,22 +168,20 @@ impl RuleManager {
 
     /// (Re)loads one file if its content changed since the last attempt.
     pub fn load_file(&self, scope: &Scope, path: &Path) {
-        let digest = match std::fs::read(path) {
-            Ok(bytes) => crate::rules::digest_of(&bytes),
+        let bytes = match crate::rules::read_module(path) {
+            Ok(bytes) => bytes,
+            Err(LoadFailure::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                self.unload(scope, path);
+                return;
+            }
             Err(e) => {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    self.unload(scope, path);
-                } else {
-                    self.record_failure(
-                        scope,
-                        path,
-                        None,
-                        format!("cannot read {}: {e}", path.display()),
-                    );
-                }
+                self.record_failure(scope, path, None, e.to_string());
                 return;
             }
         };
+        let digest = crate::rules::digest_of(&bytes);
         let key = (scope.clone(), path.to_path_buf());
         if self
             .lock()
@@ -217,7 +217,10 @@ impl RuleManager {
             .memory_bytes
             .min(self.loader.engine().options().max_memory_bytes);
         let started = Instant::now();
-        match self.loader.load(path, scope.clone(), &config_json, limits) {
+        match self
+            .loader
+            .load(path, &bytes, scope.clone(), &config_json, limits)
+        {
             Ok(mut module) => {
                 let mut entries = self.lock();
                 let entry = entries.entry(key).or_insert_with(|| Entry {

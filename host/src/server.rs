@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use crate::api;
 use crate::config::PeregrineConfig;
 use crate::evaluate::BatchQueue;
 use crate::ingest::Dedup;
@@ -24,6 +25,8 @@ pub struct AppState {
     pub dedup: Dedup,
     pub rules: Arc<RuleManager>,
     pub started: Instant,
+    /// Alert history for the UI and API; `None` when disabled.
+    pub store: Option<Arc<crate::store::AlertStore>>,
 }
 
 /// All routes. Methods other than the ones listed get 405 with `Allow`.
@@ -33,7 +36,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/k8s-audit/{tenant}", post(webhook::ingest_tenant))
         .route("/healthz", get(healthz))
         .route("/metrics", get(crate::prometheus::metrics_handler))
-        .route("/api/v1/rules", get(rules))
+        .route("/api/v1/rules", get(api::rules))
+        .route("/api/v1/alerts", get(api::alerts))
+        .route("/api/v1/alerts/summary", get(api::summary))
+        .route("/", get(api::ui))
         .fallback(not_found)
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -50,10 +56,6 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
         "uptime_seconds": app.started.elapsed().as_secs(),
     }))
     .into_response()
-}
-
-async fn rules(State(app): State<Arc<AppState>>) -> Response {
-    axum::Json(serde_json::json!({ "modules": app.rules.report() })).into_response()
 }
 
 async fn not_found() -> Response {

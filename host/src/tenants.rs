@@ -47,12 +47,21 @@ pub struct AuthConfig {
     /// Whether `/k8s-audit` (the default tenant) accepts requests without a
     /// token. Giving `[tenants.default]` tokens closes it too.
     pub default_tenant_open: bool,
+    /// Tokens that may read everything through the API and UI. While there
+    /// are none, the API and UI are open to anyone who can reach them (the
+    /// default listens on 127.0.0.1 only); once there are, a tenant's token
+    /// shows that tenant's alerts and modules only.
+    pub admin_tokens: Vec<String>,
+    /// Files holding one admin token each.
+    pub admin_token_files: Vec<PathBuf>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             default_tenant_open: true,
+            admin_tokens: Vec::new(),
+            admin_token_files: Vec::new(),
         }
     }
 }
@@ -145,9 +154,36 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.trim().as_bytes()).into()
 }
 
-/// All tenants, by id.
+/// All tenants, by id, and who may read the API.
 pub struct Tenants {
     by_id: BTreeMap<String, Arc<Tenant>>,
+    admin_digests: Vec<[u8; 32]>,
+}
+
+/// What a caller of the API may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiAccess {
+    All,
+    Tenant(Arc<str>),
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+}
+
+/// Whether `offered` is one of `digests`, checking every one in constant time.
+fn matches_any(digests: &[[u8; 32]], offered: &[u8; 32]) -> bool {
+    let mut ok = subtle::Choice::from(0u8);
+    for d in digests {
+        ok |= d.ct_eq(offered);
+    }
+    bool::from(ok)
 }
 
 impl Tenants {
@@ -206,7 +242,38 @@ impl Tenants {
                 config: TenantConfig::default(),
             })
         });
-        Ok(Tenants { by_id })
+        let mut admin_digests: Vec<[u8; 32]> =
+            auth.admin_tokens.iter().map(|t| digest(t)).collect();
+        if auth.admin_tokens.iter().any(|t| t.trim().len() < 16) {
+            anyhow::bail!("auth.admin_tokens: tokens must be at least 16 characters");
+        }
+        for file in &auth.admin_token_files {
+            let token = std::fs::read_to_string(file).map_err(|e| {
+                anyhow::anyhow!("cannot read admin token file {}: {e}", file.display())
+            })?;
+            admin_digests.push(digest(&token));
+        }
+        Ok(Tenants {
+            by_id,
+            admin_digests,
+        })
+    }
+
+    /// Who is calling the API: everyone while no admin token is configured;
+    /// otherwise an admin token sees all, a tenant token its own tenant.
+    pub fn api_access(&self, headers: &HeaderMap) -> Result<ApiAccess, AuthError> {
+        if self.admin_digests.is_empty() {
+            return Ok(ApiAccess::All);
+        }
+        let offered = digest(bearer(headers).ok_or(AuthError::MissingCredentials)?);
+        if matches_any(&self.admin_digests, &offered) {
+            return Ok(ApiAccess::All);
+        }
+        self.by_id
+            .values()
+            .find(|t| matches_any(&t.token_digests, &offered))
+            .map(|t| ApiAccess::Tenant(t.id.clone()))
+            .ok_or(AuthError::BadCredentials)
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Tenant>> {

@@ -156,6 +156,9 @@ dirs = ["{rules}"]
 [delivery]
 spool_dir = "{spool}"
 
+[store]
+enabled = false
+
 [outputs.hook]
 type = "webhook"
 url = "http://127.0.0.1:{port}/restart"

@@ -75,6 +75,8 @@ pub fn test_config() -> PeregrineConfig {
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.engine.cache_dir = Some(shared_cache_dir());
     c.engine.workers = 2;
+    // Tests that read alert history enable it with a path of their own.
+    c.store.enabled = false;
     c
 }
 

@@ -14,6 +14,8 @@ use crate::pipeline::{Pipeline, rules_dirs};
 use crate::reload::{RulesDir, RulesWatcher};
 use crate::router::AlertRouter;
 use crate::server::{AppState, app};
+use crate::store::{AlertStore, Tee};
+use crate::tls::TlsListener;
 
 /// A running webhook server with its pipeline.
 pub struct Server {
@@ -35,6 +37,20 @@ impl Server {
         watch: bool,
     ) -> anyhow::Result<Server> {
         crate::prometheus::install();
+        let store = match (config.store.enabled, config.store.resolved_path()) {
+            (true, Some(path)) => Some(AlertStore::open(&path, config.store.max_alerts)?),
+            (true, None) => {
+                tracing::warn!(
+                    "no place for the alert store (set store.path, HOME or XDG_DATA_HOME); alert history is off"
+                );
+                None
+            }
+            (false, _) => None,
+        };
+        let sink: Arc<dyn AlertSink> = match &store {
+            Some(store) => Arc::new(Tee(vec![store.clone(), sink])),
+            None => sink,
+        };
         let cfg = config.clone();
         // Loading compiles modules: seconds of CPU, not for the async threads.
         let pipeline = tokio::task::spawn_blocking(move || Pipeline::start(cfg, dirs, sink, false))
@@ -52,6 +68,7 @@ impl Server {
             dedup: Dedup::new(config.server.dedup_capacity),
             rules: pipeline.rules.clone(),
             started: Instant::now(),
+            store,
         });
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
@@ -59,14 +76,30 @@ impl Server {
         let addr = listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = app(state.clone());
-        let task = tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
+        let stopped = async {
+            let _ = stopped.await;
+        };
+        let scheme = if config.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let task = match &config.server.tls {
+            Some(tls) => {
+                let listener = TlsListener::new(listener, tls.acceptor()?)?;
+                tokio::spawn(async move {
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await
                 })
-                .await
-        });
-        tracing::info!("listening on http://{addr} (POST /k8s-audit)");
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }),
+        };
+        tracing::info!("listening on {scheme}://{addr} (POST /k8s-audit)");
         Ok(Server {
             addr,
             state,

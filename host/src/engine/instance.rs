@@ -254,9 +254,10 @@ impl ModuleInstance {
         let mut store = Store::new(engine, data);
         store.limiter(|d| &mut d.memory);
         store.epoch_deadline_trap();
-        let deadline_ticks = (limits.call_deadline.as_nanos() as u64)
-            .div_ceil(tick_nanos)
-            .max(1);
+        // The current epoch is already partly over when a call starts, so one
+        // tick more: a call then runs at least its deadline, and is stopped
+        // within one tick after it.
+        let deadline_ticks = (limits.call_deadline.as_nanos() as u64).div_ceil(tick_nanos) + 1;
         store.set_epoch_deadline(deadline_ticks.saturating_mul(u64::from(LOAD_DEADLINE_FACTOR)));
         let bindings = match pre.instantiate(&mut store) {
             Ok(b) => b,

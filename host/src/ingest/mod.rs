@@ -3,7 +3,7 @@
 pub mod decode;
 pub mod dedup;
 pub mod replay;
-pub(crate) mod webhook;
+pub mod webhook;
 
 pub use decode::{Decoded, PayloadError, Rejection, decode_payload};
 pub use dedup::Dedup;

@@ -49,6 +49,22 @@ pub fn discover_modules(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Reads a module file, refusing files too large to be a rule module.
+pub fn read_module(path: &Path) -> Result<Vec<u8>, LoadFailure> {
+    let read_err = |source| LoadFailure::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_err)?.len();
+    if size > MAX_MODULE_BYTES {
+        return Err(LoadFailure::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
+    }
+    std::fs::read(path).map_err(read_err)
+}
+
 /// The sha256 of a module file, in hex: its identity in alerts, the API and
 /// the compile cache.
 pub fn digest_of(bytes: &[u8]) -> String {
@@ -105,25 +121,14 @@ impl ModuleLoader {
     pub fn load(
         &self,
         path: &Path,
+        bytes: &[u8],
         scope: Scope,
         config_json: &str,
         limits: SandboxLimits,
     ) -> Result<LoadedModule, LoadFailure> {
-        let read_err = |source| LoadFailure::Read {
-            path: path.to_path_buf(),
-            source,
-        };
-        let size = std::fs::metadata(path).map_err(read_err)?.len();
-        if size > MAX_MODULE_BYTES {
-            return Err(LoadFailure::TooLarge {
-                path: path.to_path_buf(),
-                size,
-            });
-        }
-        let bytes = std::fs::read(path).map_err(read_err)?;
-        let digest = digest_of(&bytes);
+        let digest = digest_of(bytes);
         tracing::Span::current().record("digest", &digest[..12]);
-        let compiled = self.compiled(&bytes, &digest)?;
+        let compiled = self.compiled(bytes, &digest)?;
 
         let key = module_key(path);
         let label: Arc<str> = format!("{key}@{}", &digest[..12]).into();

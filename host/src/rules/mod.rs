@@ -15,7 +15,7 @@ use peregrine_sdk::{ModuleInfo, RuleInfo};
 
 use crate::engine::{CompiledModule, SandboxLimits};
 
-pub use loader::{LoadFailure, ModuleLoader, digest_of, discover_modules, module_key};
+pub use loader::{LoadFailure, ModuleLoader, digest_of, discover_modules, module_key, read_module};
 pub use state::StateStore;
 
 /// Who a module serves: every tenant, or one.

@@ -1,0 +1,117 @@
+//! The REST API: rule modules and their status, alert history.
+//!
+//! While no admin token is configured the API is open (the default listen
+//! address is loopback); once one is, every call needs a bearer token, and a
+//! tenant's token sees only that tenant's alerts and modules.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::ingest::webhook::error_response;
+use crate::server::AppState;
+use crate::store::AlertQuery;
+use crate::tenants::ApiAccess;
+
+fn access(app: &AppState, headers: &HeaderMap) -> Result<ApiAccess, Response> {
+    app.tenants.api_access(headers).map_err(|e| {
+        let mut r = error_response(StatusCode::UNAUTHORIZED, e.to_string());
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        r
+    })
+}
+
+/// `GET /api/v1/rules`: every module file, its status, digest, rules and counters.
+pub(crate) async fn rules(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let access = match access(&app, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let modules: Vec<_> = app
+        .rules
+        .report()
+        .into_iter()
+        .filter(|m| match &access {
+            ApiAccess::All => true,
+            ApiAccess::Tenant(t) => m.scope == "global" || m.scope == format!("tenant:{t}"),
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "modules": modules })).into_response()
+}
+
+/// `GET /api/v1/alerts?tenant=&rule=&module=&min_priority=&q=&before=&limit=`:
+/// stored alerts, newest first, in Falco's JSON shape with their store id.
+pub(crate) async fn alerts(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let access = match access(&app, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Ok(Query(mut query)) = query.map_err(|e| e.body_text()) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid query: use tenant, rule, module, min_priority (Emergency..Debug), q, before, limit",
+        );
+    };
+    if let ApiAccess::Tenant(t) = &access {
+        query.tenant = Some(t.to_string());
+    }
+    let Some(store) = app.store.clone() else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "the alert store is disabled ([store] enabled = false)",
+        );
+    };
+    match tokio::task::spawn_blocking(move || store.query(&query)).await {
+        Ok(Ok(alerts)) => {
+            let next_before = alerts.last().map(|a| a.id);
+            axum::Json(serde_json::json!({ "alerts": alerts, "next_before": next_before }))
+                .into_response()
+        }
+        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /api/v1/alerts/summary`: counts by priority, rule and tenant.
+pub(crate) async fn summary(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let access = match access(&app, &headers) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Some(store) = app.store.clone() else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "the alert store is disabled ([store] enabled = false)",
+        );
+    };
+    let tenant = match access {
+        ApiAccess::All => None,
+        ApiAccess::Tenant(t) => Some(t.to_string()),
+    };
+    match tokio::task::spawn_blocking(move || store.summary(tenant.as_deref())).await {
+        Ok(Ok(s)) => axum::Json(s).into_response(),
+        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `GET /`: the web UI, one self-contained page that reads the API.
+pub(crate) async fn ui() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"),
+        ],
+        include_str!("../ui/index.html"),
+    )
+        .into_response()
+}

@@ -1,0 +1,144 @@
+//! TLS for the webhook, with optional client certificates (mutual TLS).
+//!
+//! Handshakes run on their own tasks, so a slow or hostile client cannot
+//! hold up the accept loop; connections that fail the handshake are logged,
+//! counted and dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::server::TlsStream;
+
+/// How long a client may take to complete the handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_file: PathBuf,
+    /// PEM private key of the server.
+    pub key_file: PathBuf,
+    /// PEM bundle of CAs whose client certificates are accepted. When set,
+    /// every client must present one (mutual TLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+fn certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| anyhow::anyhow!("cannot read certificates from {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("invalid PEM certificate in {}: {e}", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "no certificate in {}", path.display());
+    Ok(certs)
+}
+
+impl TlsConfig {
+    pub fn acceptor(&self) -> anyhow::Result<TlsAcceptor> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow::anyhow!("TLS setup: {e}"))?;
+        let builder = match &self.client_ca_file {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs(ca)? {
+                    roots.add(c).map_err(|e| {
+                        anyhow::anyhow!("invalid CA certificate in {}: {e}", ca.display())
+                    })?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .map_err(|e| anyhow::anyhow!("client certificate verifier: {e}"))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let key = PrivateKeyDer::from_pem_file(&self.key_file).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read a private key from {}: {e}",
+                self.key_file.display()
+            )
+        })?;
+        let mut config = builder
+            .with_single_cert(certs(&self.cert_file)?, key)
+            .map_err(|e| anyhow::anyhow!("server certificate and key do not match: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}
+
+/// A listener that yields connections whose TLS handshake succeeded.
+pub struct TlsListener {
+    local: SocketAddr,
+    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+}
+
+impl TlsListener {
+    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            // Stops once the listener (the receiving end) is dropped.
+            while !tx.is_closed() {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let ready = tx.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = ready.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics::counter!("peregrine_tls_handshake_failures_total")
+                                .increment(1);
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                        }
+                        Err(_) => {
+                            metrics::counter!("peregrine_tls_handshake_failures_total")
+                                .increment(1);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { local, ready })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task only stops when this listener is dropped.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
