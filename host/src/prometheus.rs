@@ -176,4 +176,12 @@ fn describe() {
         "peregrine_output_up",
         "1 if the output's last send attempt succeeded, 0 if it failed."
     );
+    describe_counter!(
+        "peregrine_store_dropped_total",
+        "Alerts the alert history (UI and API) could not keep, per reason."
+    );
+    describe_counter!(
+        "peregrine_tls_handshake_failures_total",
+        "TLS handshakes with the webhook that failed."
+    );
 }

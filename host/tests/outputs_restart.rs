@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 const PATIENCE: Duration = Duration::from_secs(120);
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A running `peregrine serve` and the address it listens on.
@@ -59,9 +62,16 @@ fn start(config: &Path) -> Peregrine {
     });
     let addr = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
         let _ = child.kill();
-        panic!("peregrine did not start listening:\n{}", stderr.lock().unwrap())
+        panic!(
+            "peregrine did not start listening:\n{}",
+            stderr.lock().unwrap()
+        )
     });
-    Peregrine { child, addr, stderr }
+    Peregrine {
+        child,
+        addr,
+        stderr,
+    }
 }
 
 /// A minimal HTTP/1.1 exchange: status and body.
@@ -76,8 +86,15 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     .unwrap();
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
-    let status = answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -122,13 +139,18 @@ fn events(ids: &[String]) -> String {
             })
         })
         .collect();
-    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}).to_string()
+    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items})
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn spooled_alerts_survive_a_killed_peregrine() {
     let echo = root().join("tests/build/fixture-rules/fixture_echo.wasm");
-    assert!(echo.is_file(), "{} is missing: run `make rules`", echo.display());
+    assert!(
+        echo.is_file(),
+        "{} is missing: run `make rules`",
+        echo.display()
+    );
     let work = tempfile::tempdir().unwrap();
     let rules = work.path().join("rules");
     std::fs::create_dir(&rules).unwrap();
@@ -137,7 +159,11 @@ async fn spooled_alerts_survive_a_killed_peregrine() {
     std::fs::create_dir_all(&cache).unwrap();
 
     // The receiver's address is chosen now; nothing listens there yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = work.path().join("peregrine.toml");
     std::fs::write(
         &config,
@@ -181,8 +207,16 @@ default_outputs = ["hook"]
         let (status, body) = http(&first.addr, "POST", "/k8s-audit", &events(chunk));
         assert_eq!(status, 200, "{body}");
     }
-    wait_metric(&first, "peregrine_output_pending_alerts{output=\"hook\"}", |v| v == 30.0);
-    wait_metric(&first, "peregrine_output_failed_total{output=\"hook\"}", |v| v >= 1.0);
+    wait_metric(
+        &first,
+        "peregrine_output_pending_alerts{output=\"hook\"}",
+        |v| v == 30.0,
+    );
+    wait_metric(
+        &first,
+        "peregrine_output_failed_total{output=\"hook\"}",
+        |v| v >= 1.0,
+    );
 
     // A second process on the same spool is refused, and says why.
     let second = Command::new(env!("CARGO_BIN_EXE_peregrine"))
@@ -206,14 +240,23 @@ default_outputs = ["hook"]
         let g = g.clone();
         async move {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            g.lock().unwrap().push(v["output_fields"]["ka.auditid"].as_str().unwrap().to_string());
+            g.lock().unwrap().push(
+                v["output_fields"]["ka.auditid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
             "ok"
         }
     });
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let second = tokio::task::spawn_blocking(move || start(&config)).await.unwrap();
+    let second = tokio::task::spawn_blocking(move || start(&config))
+        .await
+        .unwrap();
     let want: BTreeSet<String> = ids.iter().cloned().collect();
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -230,10 +273,19 @@ default_outputs = ["hook"]
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let log = second.stderr.lock().unwrap().clone();
-    assert!(log.contains("delivering alerts spooled before the last stop"), "{log}");
+    assert!(
+        log.contains("delivering alerts spooled before the last stop"),
+        "{log}"
+    );
     let s = second;
-    tokio::task::spawn_blocking(move || wait_metric(&s, "peregrine_output_pending_alerts{output=\"hook\"}", |v| v == 0.0))
-        .await
-        .unwrap();
+    tokio::task::spawn_blocking(move || {
+        wait_metric(
+            &s,
+            "peregrine_output_pending_alerts{output=\"hook\"}",
+            |v| v == 0.0,
+        )
+    })
+    .await
+    .unwrap();
     server.abort();
 }

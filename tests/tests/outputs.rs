@@ -135,13 +135,43 @@ outputs = ["exact_hook", "exact_sidekick", "exact_slack"]
             ]
         })
     );
-    assert_eq!(slack[1].json()["text"], "[Informational] Echo: echo exact-2");
+    assert_eq!(
+        slack[1].json()["text"],
+        "[Informational] Echo: echo exact-2"
+    );
 
-    let m = srv.wait_metric("peregrine_output_sent_total", &[("output", "exact_slack")], 2.0).await;
-    assert_eq!(metric(&m, "peregrine_output_sent_total", &[("output", "exact_hook")]), Some(2.0));
-    assert_eq!(metric(&m, "peregrine_output_spooled_total", &[("output", "exact_hook")]), Some(2.0));
+    let m = srv
+        .wait_metric(
+            "peregrine_output_sent_total",
+            &[("output", "exact_slack")],
+            2.0,
+        )
+        .await;
+    assert_eq!(
+        metric(
+            &m,
+            "peregrine_output_sent_total",
+            &[("output", "exact_hook")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "peregrine_output_spooled_total",
+            &[("output", "exact_hook")]
+        ),
+        Some(2.0)
+    );
     // The memory-only output spools nothing.
-    assert_eq!(metric(&m, "peregrine_output_spooled_total", &[("output", "exact_sidekick")]), None);
+    assert_eq!(
+        metric(
+            &m,
+            "peregrine_output_spooled_total",
+            &[("output", "exact_sidekick")]
+        ),
+        None
+    );
     srv.shutdown().await;
     // Nothing is sent twice.
     assert_eq!(rx.accepted("/hook").len(), 2);
@@ -217,10 +247,18 @@ tokens = ["{token_b}"]
     srv.post("/k8s-audit", None, &hostpid).await;
     srv.post_ids(&["route-plain".into()]).await;
     // Tenants: team-a's echo stops at its final route; team-b's matches nothing.
-    srv.post("/k8s-audit/team-a", Some(token_a), &[event("route-a", "get", "pods", "x")])
-        .await;
-    srv.post("/k8s-audit/team-b", Some(token_b), &[event("route-b", "get", "pods", "x")])
-        .await;
+    srv.post(
+        "/k8s-audit/team-a",
+        Some(token_a),
+        &[event("route-a", "get", "pods", "x")],
+    )
+    .await;
+    srv.post(
+        "/k8s-audit/team-b",
+        Some(token_b),
+        &[event("route-b", "get", "pods", "x")],
+    )
+    .await;
 
     let got = |path: &str, n: usize| {
         let rx = &rx;
@@ -234,8 +272,14 @@ tokens = ["{token_b}"]
                     let j = r.json();
                     (
                         j["rule"].as_str().unwrap().to_string(),
-                        j["output_fields"]["peregrine.tenant"].as_str().unwrap().to_string(),
-                        j["output_fields"]["ka.auditid"].as_str().unwrap().to_string(),
+                        j["output_fields"]["peregrine.tenant"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
+                        j["output_fields"]["ka.auditid"]
+                            .as_str()
+                            .unwrap()
+                            .to_string(),
                     )
                 })
                 .collect();
@@ -243,22 +287,56 @@ tokens = ["{token_b}"]
             v
         }
     };
-    let t = |rule: &str, tenant: &str, id: &str| (rule.to_string(), tenant.to_string(), id.to_string());
-    assert_eq!(got("/r_severe", 1).await, vec![t("Create HostPid Pod", "default", &hostpid_id)]);
-    assert_eq!(got("/r_tagged", 1).await, vec![t("Create HostPid Pod", "default", &hostpid_id)]);
-    assert_eq!(got("/r_team_a", 1).await, vec![t("Echo", "team-a", "route-a")]);
+    let t =
+        |rule: &str, tenant: &str, id: &str| (rule.to_string(), tenant.to_string(), id.to_string());
+    assert_eq!(
+        got("/r_severe", 1).await,
+        vec![t("Create HostPid Pod", "default", &hostpid_id)]
+    );
+    assert_eq!(
+        got("/r_tagged", 1).await,
+        vec![t("Create HostPid Pod", "default", &hostpid_id)]
+    );
+    assert_eq!(
+        got("/r_team_a", 1).await,
+        vec![t("Echo", "team-a", "route-a")]
+    );
     assert_eq!(
         got("/r_echoes", 2).await,
-        vec![t("Echo", "default", &hostpid_id), t("Echo", "default", "route-plain")]
+        vec![
+            t("Echo", "default", &hostpid_id),
+            t("Echo", "default", "route-plain")
+        ]
     );
-    assert_eq!(got("/r_rest", 1).await, vec![t("Echo", "team-b", "route-b")]);
+    assert_eq!(
+        got("/r_rest", 1).await,
+        vec![t("Echo", "team-b", "route-b")]
+    );
 
-    let m = srv.wait_metric("peregrine_output_sent_total", &[("output", "r_rest")], 1.0).await;
-    assert_eq!(metric(&m, "peregrine_alerts_routed_total", &[("route", "team-a-echoes")]), Some(1.0));
-    assert_eq!(metric(&m, "peregrine_alerts_routed_total", &[("route", "default")]), Some(1.0));
+    let m = srv
+        .wait_metric("peregrine_output_sent_total", &[("output", "r_rest")], 1.0)
+        .await;
+    assert_eq!(
+        metric(
+            &m,
+            "peregrine_alerts_routed_total",
+            &[("route", "team-a-echoes")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "peregrine_alerts_routed_total", &[("route", "default")]),
+        Some(1.0)
+    );
     srv.shutdown().await;
     // Nothing more arrived than what was routed.
-    for (path, n) in [("/r_severe", 1), ("/r_tagged", 1), ("/r_team_a", 1), ("/r_echoes", 2), ("/r_rest", 1)] {
+    for (path, n) in [
+        ("/r_severe", 1),
+        ("/r_tagged", 1),
+        ("/r_team_a", 1),
+        ("/r_echoes", 2),
+        ("/r_rest", 1),
+    ] {
         assert_eq!(rx.accepted(path).len(), n, "{path}");
     }
     rx.stop().await;
@@ -294,13 +372,22 @@ dedup_key = ["tenant"]
     let summary = got[1].json();
     assert_eq!(summary["output_fields"]["peregrine.folded"], "4");
     assert_eq!(summary["output_fields"]["peregrine.fold_window_secs"], "2");
-    assert_eq!(summary["output_fields"]["ka.auditid"], "fold-0004", "the summary is the last folded alert");
+    assert_eq!(
+        summary["output_fields"]["ka.auditid"], "fold-0004",
+        "the summary is the last folded alert"
+    );
     assert!(
-        summary["output"].as_str().unwrap().ends_with("echo fold-0004 (and 4 more like it within 2s)"),
+        summary["output"]
+            .as_str()
+            .unwrap()
+            .ends_with("echo fold-0004 (and 4 more like it within 2s)"),
         "{summary}"
     );
     let m = srv.metrics().await;
-    assert_eq!(metric(&m, "peregrine_alerts_folded_total", &[("route", "folding")]), Some(4.0));
+    assert_eq!(
+        metric(&m, "peregrine_alerts_folded_total", &[("route", "folding")]),
+        Some(4.0)
+    );
 
     // After the window, the same alert is news again.
     srv.post_ids(&["fold-later".into()]).await;
@@ -334,7 +421,12 @@ outputs = ["outage_hook"]
     for chunk in all[..60].chunks(10) {
         srv.post_ids(chunk).await;
     }
-    srv.wait_metric("peregrine_output_failed_total", &[("output", "outage_hook")], 3.0).await;
+    srv.wait_metric(
+        "peregrine_output_failed_total",
+        &[("output", "outage_hook")],
+        3.0,
+    )
+    .await;
     for chunk in all[60..90].chunks(10) {
         srv.post_ids(chunk).await;
     }
@@ -360,22 +452,56 @@ outputs = ["outage_hook"]
     // Every alert arrives, each at least once.
     let deadline = std::time::Instant::now() + PATIENCE;
     loop {
-        let got: std::collections::BTreeSet<String> = audit_ids(&rx.accepted("/outage")).into_iter().collect();
+        let got: std::collections::BTreeSet<String> =
+            audit_ids(&rx.accepted("/outage")).into_iter().collect();
         if all.iter().all(|id| got.contains(id)) {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "missing after the outage: {:?}",
-            all.iter().filter(|id| !got.contains(*id)).collect::<Vec<_>>()
+            all.iter()
+                .filter(|id| !got.contains(*id))
+                .collect::<Vec<_>>()
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let m = srv.wait_metric("peregrine_output_sent_total", &[("output", "outage_hook")], 120.0).await;
-    assert!(metric(&m, "peregrine_output_retried_total", &[("output", "outage_hook")]).unwrap() >= 3.0);
-    assert_eq!(metric(&m, "peregrine_output_dropped_total", &[("output", "outage_hook")]), None);
-    assert_eq!(metric(&m, "peregrine_output_pending_alerts", &[("output", "outage_hook")]), Some(0.0));
-    assert_eq!(metric(&m, "peregrine_output_up", &[("output", "outage_hook")]), Some(1.0));
+    let m = srv
+        .wait_metric(
+            "peregrine_output_sent_total",
+            &[("output", "outage_hook")],
+            120.0,
+        )
+        .await;
+    assert!(
+        metric(
+            &m,
+            "peregrine_output_retried_total",
+            &[("output", "outage_hook")]
+        )
+        .unwrap()
+            >= 3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "peregrine_output_dropped_total",
+            &[("output", "outage_hook")]
+        ),
+        None
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "peregrine_output_pending_alerts",
+            &[("output", "outage_hook")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&m, "peregrine_output_up", &[("output", "outage_hook")]),
+        Some(1.0)
+    );
     // Each exactly once: no send was both acknowledged and retried. (Order
     // across requests is the engine's: workers evaluate batches in parallel.)
     assert_eq!(sorted(audit_ids(&rx.accepted("/outage"))), all);
@@ -401,13 +527,26 @@ async fn a_refused_alert_is_dropped_counted_and_its_neighbours_delivered() {
     let srv = RoutedServer::start(config(&toml, spool.path()), &echo()).await;
     let all = ids("refuse", 5);
     srv.post_ids(&all).await;
-    let m = srv.wait_metric("peregrine_output_sent_total", &[("output", "refusing")], 4.0).await;
+    let m = srv
+        .wait_metric(
+            "peregrine_output_sent_total",
+            &[("output", "refusing")],
+            4.0,
+        )
+        .await;
     assert_eq!(
-        metric(&m, "peregrine_output_dropped_total", &[("output", "refusing"), ("reason", "rejected")]),
+        metric(
+            &m,
+            "peregrine_output_dropped_total",
+            &[("output", "refusing"), ("reason", "rejected")]
+        ),
         Some(1.0)
     );
     let delivered = audit_ids(&rx.accepted("/refuse"));
-    assert_eq!(delivered, ["refuse-0000", "refuse-0001", "refuse-0003", "refuse-0004"]);
+    assert_eq!(
+        delivered,
+        ["refuse-0000", "refuse-0001", "refuse-0003", "refuse-0004"]
+    );
     srv.shutdown().await;
     rx.stop().await;
 }
@@ -431,12 +570,28 @@ outputs = ["tiny"]
     let srv = RoutedServer::start(config(&toml, spool.path()), &echo()).await;
     srv.post_ids(&ids("full", 10)).await;
     let m = srv
-        .wait_metric("peregrine_output_dropped_total", &[("output", "tiny"), ("reason", "spool_full")], 1.0)
+        .wait_metric(
+            "peregrine_output_dropped_total",
+            &[("output", "tiny"), ("reason", "spool_full")],
+            1.0,
+        )
         .await;
-    let dropped = metric(&m, "peregrine_output_dropped_total", &[("output", "tiny"), ("reason", "spool_full")]).unwrap();
+    let dropped = metric(
+        &m,
+        "peregrine_output_dropped_total",
+        &[("output", "tiny"), ("reason", "spool_full")],
+    )
+    .unwrap();
     let spooled = metric(&m, "peregrine_output_spooled_total", &[("output", "tiny")]).unwrap();
-    assert_eq!(dropped + spooled, 10.0, "every alert is either spooled or counted as dropped");
-    assert_eq!(metric(&m, "peregrine_output_pending_alerts", &[("output", "tiny")]), Some(spooled));
+    assert_eq!(
+        dropped + spooled,
+        10.0,
+        "every alert is either spooled or counted as dropped"
+    );
+    assert_eq!(
+        metric(&m, "peregrine_output_pending_alerts", &[("output", "tiny")]),
+        Some(spooled)
+    );
     assert!(metric(&m, "peregrine_output_spool_bytes", &[("output", "tiny")]).unwrap() <= 2000.0);
     srv.shutdown().await;
 }
@@ -454,7 +609,12 @@ async fn a_stuck_receiver_holds_up_only_its_own_output() {
         async move {
             let _permit = r.acquire().await.unwrap();
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            g.lock().unwrap().push(v["output_fields"]["ka.auditid"].as_str().unwrap().to_string());
+            g.lock().unwrap().push(
+                v["output_fields"]["ka.auditid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
             "ok"
         }
     });
@@ -487,13 +647,23 @@ outputs = ["stuck", "fine"]
     // first request; the hanging output's alerts wait in its spool.
     let fine_got = fine.wait_accepted("/fine", 40).await;
     assert_eq!(sorted(audit_ids(&fine_got)), all);
-    let m = srv.wait_metric("peregrine_output_spooled_total", &[("output", "stuck")], 40.0).await;
-    assert_eq!(metric(&m, "peregrine_output_sent_total", &[("output", "stuck")]), None);
+    let m = srv
+        .wait_metric(
+            "peregrine_output_spooled_total",
+            &[("output", "stuck")],
+            40.0,
+        )
+        .await;
+    assert_eq!(
+        metric(&m, "peregrine_output_sent_total", &[("output", "stuck")]),
+        None
+    );
     assert!(got.lock().unwrap().is_empty());
 
     // Once it answers, it gets everything too.
     release.add_permits(1000);
-    srv.wait_metric("peregrine_output_sent_total", &[("output", "stuck")], 40.0).await;
+    srv.wait_metric("peregrine_output_sent_total", &[("output", "stuck")], 40.0)
+        .await;
     assert_eq!(sorted(got.lock().unwrap().clone()), all);
     srv.shutdown().await;
     fine.stop().await;
@@ -512,7 +682,8 @@ async fn file_output_appends_falco_json_lines() {
     let srv = RoutedServer::start(config(&toml, spool.path()), &echo()).await;
     let all = ids("file", 6);
     srv.post_ids(&all).await;
-    srv.wait_metric("peregrine_output_sent_total", &[("output", "jsonl")], 6.0).await;
+    srv.wait_metric("peregrine_output_sent_total", &[("output", "jsonl")], 6.0)
+        .await;
     let host = srv.hostname();
     srv.shutdown().await;
 
@@ -526,10 +697,16 @@ async fn file_output_appends_falco_json_lines() {
     ] {
         if let Ok(text) = std::fs::read_to_string(&p) {
             assert!(text.len() <= 1500, "{} is over max_bytes", p.display());
-            lines.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
+            lines.extend(
+                text.lines()
+                    .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()),
+            );
         }
     }
-    assert!(path.with_extension("jsonl.1").exists(), "the file was rotated");
+    assert!(
+        path.with_extension("jsonl.1").exists(),
+        "the file was rotated"
+    );
     let digest = digest_of(&fixture_module("fixture_echo"));
     let want: Vec<serde_json::Value> = all
         .iter()
@@ -550,7 +727,9 @@ async fn metrics_cover_the_whole_pipeline() {
     );
     let srv = RoutedServer::start(config(&toml, spool.path()), &echo()).await;
     srv.post_ids(&ids("metered", 3)).await;
-    let m = srv.wait_metric("peregrine_output_sent_total", &[("output", "metered")], 3.0).await;
+    let m = srv
+        .wait_metric("peregrine_output_sent_total", &[("output", "metered")], 3.0)
+        .await;
     for name in [
         "peregrine_events_received_total",
         "peregrine_events_evaluated_total",
@@ -565,13 +744,32 @@ async fn metrics_cover_the_whole_pipeline() {
         "peregrine_output_send_seconds_bucket",
         "peregrine_output_up",
     ] {
-        assert!(m.lines().any(|l| l.starts_with(name)), "{name} missing from /metrics");
+        assert!(
+            m.lines().any(|l| l.starts_with(name)),
+            "{name} missing from /metrics"
+        );
     }
-    assert!(m.contains("# HELP peregrine_output_sent_total "), "metrics carry HELP text");
     assert!(
-        metric(&m, "peregrine_rule_evaluations_total", &[("module", "fixture_echo"), ("rule", "echo")]).unwrap() >= 3.0
+        m.contains("# HELP peregrine_output_sent_total "),
+        "metrics carry HELP text"
     );
-    assert_eq!(metric(&m, "peregrine_alerts_routed_total", &[("route", "metered-route")]), Some(3.0));
+    assert!(
+        metric(
+            &m,
+            "peregrine_rule_evaluations_total",
+            &[("module", "fixture_echo"), ("rule", "echo")]
+        )
+        .unwrap()
+            >= 3.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "peregrine_alerts_routed_total",
+            &[("route", "metered-route")]
+        ),
+        Some(3.0)
+    );
     srv.shutdown().await;
     rx.stop().await;
 }
@@ -586,10 +784,15 @@ struct Pki {
 }
 
 fn pki() -> Pki {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair,
+    };
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "peregrine test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "peregrine test CA");
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
     let leaf = |san: &str, usage: ExtendedKeyUsagePurpose| {
         let key = KeyPair::generate().unwrap();
@@ -611,16 +814,24 @@ fn pki() -> Pki {
 }
 
 /// An HTTPS receiver that requires a client certificate signed by the CA.
-async fn mtls_receiver(pki: &Pki, got: Arc<std::sync::Mutex<Vec<Received>>>) -> std::net::SocketAddr {
+async fn mtls_receiver(
+    pki: &Pki,
+    got: Arc<std::sync::Mutex<Vec<Received>>>,
+) -> std::net::SocketAddr {
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject;
     use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap()).unwrap();
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).unwrap())
         .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -641,7 +852,9 @@ async fn mtls_receiver(pki: &Pki, got: Arc<std::sync::Mutex<Vec<Received>>>) -> 
             let app = app.clone();
             tokio::spawn(async move {
                 // A handshake without a valid client certificate fails here.
-                let Ok(stream) = acceptor.accept(tcp).await else { return };
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
                 let service = hyper_util::service::TowerToHyperService::new(app);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -688,11 +901,31 @@ outputs = ["mtls", "no_client_cert"]
     );
     let srv = RoutedServer::start(config(&toml, spool.path()), &echo()).await;
     srv.post_ids(&ids("tls", 3)).await;
-    let m = srv.wait_metric("peregrine_output_sent_total", &[("output", "mtls")], 3.0).await;
-    let tls_got: Vec<Received> = got.lock().unwrap().iter().filter(|r| r.path == "/tls").cloned().collect();
+    let m = srv
+        .wait_metric("peregrine_output_sent_total", &[("output", "mtls")], 3.0)
+        .await;
+    let tls_got: Vec<Received> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path == "/tls")
+        .cloned()
+        .collect();
     assert_eq!(audit_ids(&tls_got), ids("tls", 3));
-    srv.wait_metric("peregrine_output_failed_total", &[("output", "no_client_cert")], 2.0).await;
-    assert_eq!(metric(&m, "peregrine_output_sent_total", &[("output", "no_client_cert")]), None);
+    srv.wait_metric(
+        "peregrine_output_failed_total",
+        &[("output", "no_client_cert")],
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        metric(
+            &m,
+            "peregrine_output_sent_total",
+            &[("output", "no_client_cert")]
+        ),
+        None
+    );
     assert!(got.lock().unwrap().iter().all(|r| r.path != "/no-cert"));
     srv.shutdown().await;
 
@@ -711,5 +944,8 @@ outputs = ["mtls", "no_client_cert"]
         Ok(()) => panic!("a garbage CA file must be refused"),
         Err(e) => e.to_string(),
     };
-    assert!(err.contains("garbage.pem") && err.contains("bad_ca"), "{err}");
+    assert!(
+        err.contains("garbage.pem") && err.contains("bad_ca"),
+        "{err}"
+    );
 }

@@ -60,7 +60,10 @@ impl Service {
     async fn wait_port(&mut self, port: u16) {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -70,7 +73,11 @@ impl Service {
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
-            assert!(Instant::now() < deadline, "{} does not listen on {port}", self.name);
+            assert!(
+                Instant::now() < deadline,
+                "{} does not listen on {port}",
+                self.name
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -93,7 +100,9 @@ struct Subscriber {
 
 impl Subscriber {
     async fn start(port: u16, user: &str, pass: &str, subject: &str) -> Subscriber {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
         let mut s = BufReader::new(tcp);
         let mut line = String::new();
         s.read_line(&mut line).await.unwrap();
@@ -125,7 +134,9 @@ impl Subscriber {
                     let _ = s.get_mut().write_all(b"PONG\r\n").await;
                     continue;
                 }
-                let Some(rest) = line.strip_prefix("MSG ") else { continue };
+                let Some(rest) = line.strip_prefix("MSG ") else {
+                    continue;
+                };
                 let parts: Vec<&str> = rest.split_whitespace().collect();
                 let len: usize = parts.last().unwrap().parse().unwrap();
                 let mut payload = vec![0u8; len + 2];
@@ -144,7 +155,10 @@ impl Subscriber {
             if got.len() >= n {
                 return got;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {n} NATS messages, got {got:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} NATS messages, got {got:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -154,9 +168,18 @@ impl Subscriber {
 async fn nats_publishes_to_a_subject_per_tenant_and_priority() {
     let dir = tempfile::tempdir().unwrap();
     let port = reserve_port();
-    let args: Vec<String> = ["-a", "127.0.0.1", "-p", &port.to_string(), "--user", "peregrine", "--pass", "nats-s3cret"]
-        .map(String::from)
-        .to_vec();
+    let args: Vec<String> = [
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "--user",
+        "peregrine",
+        "--pass",
+        "nats-s3cret",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut nats = spawn("nats-server", "nats-server", &args, dir.path());
     nats.wait_port(port).await;
     let sub = Subscriber::start(port, "peregrine", "nats-s3cret", "peregrine.alerts.>").await;
@@ -185,10 +208,18 @@ outputs = ["nats", "nats_bad_auth"]
 tokens = ["{token}"]
 "#
     );
-    let srv = RoutedServer::start(config(&toml, spool.path()), &[fixture_module("fixture_echo")]).await;
+    let srv = RoutedServer::start(
+        config(&toml, spool.path()),
+        &[fixture_module("fixture_echo")],
+    )
+    .await;
     srv.post_ids(&["nats-1".into(), "nats-2".into()]).await;
-    srv.post("/k8s-audit/team-a", Some(token), &[event("nats-a", "get", "pods", "x")])
-        .await;
+    srv.post(
+        "/k8s-audit/team-a",
+        Some(token),
+        &[event("nats-a", "get", "pods", "x")],
+    )
+    .await;
 
     let mut got: Vec<(String, String, String)> = sub
         .wait(3)
@@ -199,8 +230,14 @@ tokens = ["{token}"]
             assert_eq!(json["source"], "k8s_audit");
             (
                 subject,
-                json["output_fields"]["ka.auditid"].as_str().unwrap().to_string(),
-                json["output_fields"]["peregrine.tenant"].as_str().unwrap().to_string(),
+                json["output_fields"]["ka.auditid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+                json["output_fields"]["peregrine.tenant"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
             )
         })
         .collect();
@@ -209,16 +246,45 @@ tokens = ["{token}"]
     assert_eq!(
         got,
         vec![
-            t("peregrine.alerts.default.informational", "nats-1", "default"),
-            t("peregrine.alerts.default.informational", "nats-2", "default"),
+            t(
+                "peregrine.alerts.default.informational",
+                "nats-1",
+                "default"
+            ),
+            t(
+                "peregrine.alerts.default.informational",
+                "nats-2",
+                "default"
+            ),
             t("peregrine.alerts.team-a.informational", "nats-a", "team-a"),
         ]
     );
-    let m = srv.wait_metric("peregrine_output_sent_total", &[("output", "nats")], 3.0).await;
-    let m2 = srv.wait_metric("peregrine_output_failed_total", &[("output", "nats_bad_auth")], 2.0).await;
-    assert_eq!(metric(&m, "peregrine_output_pending_alerts", &[("output", "nats")]), Some(0.0));
-    assert_eq!(metric(&m2, "peregrine_output_sent_total", &[("output", "nats_bad_auth")]), None);
-    assert_eq!(metric(&m2, "peregrine_output_up", &[("output", "nats_bad_auth")]), Some(0.0));
+    let m = srv
+        .wait_metric("peregrine_output_sent_total", &[("output", "nats")], 3.0)
+        .await;
+    let m2 = srv
+        .wait_metric(
+            "peregrine_output_failed_total",
+            &[("output", "nats_bad_auth")],
+            2.0,
+        )
+        .await;
+    assert_eq!(
+        metric(&m, "peregrine_output_pending_alerts", &[("output", "nats")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &m2,
+            "peregrine_output_sent_total",
+            &[("output", "nats_bad_auth")]
+        ),
+        None
+    );
+    assert_eq!(
+        metric(&m2, "peregrine_output_up", &[("output", "nats_bad_auth")]),
+        Some(0.0)
+    );
     srv.shutdown().await;
 }
 
@@ -261,14 +327,21 @@ fn syslog_lines(dir: &Path) -> Vec<Vec<String>> {
         .collect()
 }
 
-async fn wait_syslog(dir: &Path, what: &str, pred: impl Fn(&[Vec<String>]) -> bool) -> Vec<Vec<String>> {
+async fn wait_syslog(
+    dir: &Path,
+    what: &str,
+    pred: impl Fn(&[Vec<String>]) -> bool,
+) -> Vec<Vec<String>> {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let lines = syslog_lines(dir);
         if pred(&lines) {
             return lines;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; rsyslog got {lines:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; rsyslog got {lines:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -285,9 +358,15 @@ async fn syslog_over_tcp_and_udp_reaches_rsyslog_as_rfc5424() {
     let deadline = Instant::now() + PATIENCE;
     while !syslog_lines(dir.path()).iter().any(|l| l[0] == "imudp") {
         probe
-            .send_to(b"<14>1 2026-11-27T10:00:00Z probe test - probe - ready", ("127.0.0.1", udp))
+            .send_to(
+                b"<14>1 2026-11-27T10:00:00Z probe test - probe - ready",
+                ("127.0.0.1", udp),
+            )
             .unwrap();
-        assert!(Instant::now() < deadline, "rsyslog does not receive UDP on {udp}");
+        assert!(
+            Instant::now() < deadline,
+            "rsyslog does not receive UDP on {udp}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -312,7 +391,11 @@ format = "text"
 outputs = ["syslog_tcp", "syslog_udp"]
 "#
     );
-    let srv = RoutedServer::start(config(&toml, spool.path()), &[fixture_module("fixture_echo")]).await;
+    let srv = RoutedServer::start(
+        config(&toml, spool.path()),
+        &[fixture_module("fixture_echo")],
+    )
+    .await;
     srv.post_ids(&["syslog-1".into(), "syslog-2".into()]).await;
     let lines = wait_syslog(dir.path(), "two messages per transport", |l| {
         l.iter().filter(|f| f[7] == "echo").count() >= 4
@@ -341,7 +424,11 @@ outputs = ["syslog_tcp", "syslog_udp"]
         // authpriv (10) * 8 + 6 = 86; the text format.
         assert_eq!(f[1], "86");
         assert_eq!(f[5], "peregrine");
-        assert!(f[9].contains("Informational Echo [] echo syslog-"), "{}", f[9]);
+        assert!(
+            f[9].contains("Informational Echo [] echo syslog-"),
+            "{}",
+            f[9]
+        );
     }
 
     // rsyslog restarts: the TCP output notices the closed connection and
@@ -378,12 +465,20 @@ async fn alertmanager_receives_alerts_with_labels_from_rule_priority_tenant_and_
         // No cluster: no gossip port to collide with.
         "--cluster.listen-address=".into(),
     ];
-    let mut am = spawn("prometheus-alertmanager", "prometheus-alertmanager", &args, dir.path());
+    let mut am = spawn(
+        "prometheus-alertmanager",
+        "prometheus-alertmanager",
+        &args,
+        dir.path(),
+    );
     am.wait_port(port).await;
     let client = reqwest::Client::new();
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let ready = client.get(format!("http://127.0.0.1:{port}/-/ready")).send().await;
+        let ready = client
+            .get(format!("http://127.0.0.1:{port}/-/ready"))
+            .send()
+            .await;
         if ready.is_ok_and(|r| r.status() == 200) {
             break;
         }
@@ -406,12 +501,17 @@ generator_url = "http://peregrine.example/alerts"
 outputs = ["am"]
 "#
     );
-    let srv = RoutedServer::start(config(&toml, spool.path()), &[example_module("falco_k8s_audit")]).await;
+    let srv = RoutedServer::start(
+        config(&toml, spool.path()),
+        &[example_module("falco_k8s_audit")],
+    )
+    .await;
     let hostpid = events_of(&root().join("tests/fixtures/falco/create_pod_hostpid.json"));
     let audit_id = hostpid[0]["auditID"].as_str().unwrap().to_string();
     let user = hostpid[0]["user"]["username"].as_str().unwrap().to_string();
     srv.post("/k8s-audit", None, &hostpid).await;
-    srv.wait_metric("peregrine_output_sent_total", &[("output", "am")], 1.0).await;
+    srv.wait_metric("peregrine_output_sent_total", &[("output", "am")], 1.0)
+        .await;
 
     // Ask Alertmanager what it holds.
     let alerts: serde_json::Value = client
@@ -448,7 +548,16 @@ outputs = ["am"]
     assert_eq!(a["generatorURL"], "http://peregrine.example/alerts");
     assert_eq!(a["annotations"]["audit_id"], audit_id.as_str());
     let summary = a["annotations"]["summary"].as_str().unwrap();
-    assert!(summary.starts_with("Pod started using host pid namespace (user="), "{summary}");
-    assert!(a["annotations"]["tags"].as_str().unwrap().split(',').any(|t| t == "k8s"));
+    assert!(
+        summary.starts_with("Pod started using host pid namespace (user="),
+        "{summary}"
+    );
+    assert!(
+        a["annotations"]["tags"]
+            .as_str()
+            .unwrap()
+            .split(',')
+            .any(|t| t == "k8s")
+    );
     srv.shutdown().await;
 }

@@ -64,9 +64,17 @@ fn tls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, BuildError> {
         let pem = read_file("tls.ca_file", ca)?;
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
             .collect::<Result<_, _>>()
-            .map_err(|e| BuildError(format!("tls.ca_file {}: not PEM certificates: {e}", ca.display())))?;
+            .map_err(|e| {
+                BuildError(format!(
+                    "tls.ca_file {}: not PEM certificates: {e}",
+                    ca.display()
+                ))
+            })?;
         if certs.is_empty() {
-            return Err(BuildError(format!("tls.ca_file {}: holds no PEM certificate", ca.display())));
+            return Err(BuildError(format!(
+                "tls.ca_file {}: holds no PEM certificate",
+                ca.display()
+            )));
         }
         for c in certs {
             roots
@@ -84,19 +92,35 @@ fn tls_config(tls: &TlsConfig) -> Result<rustls::ClientConfig, BuildError> {
             let pem = read_file("tls.client_cert_file", cert)?;
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
                 .collect::<Result<_, _>>()
-                .map_err(|e| BuildError(format!("tls.client_cert_file {}: not PEM certificates: {e}", cert.display())))?;
+                .map_err(|e| {
+                    BuildError(format!(
+                        "tls.client_cert_file {}: not PEM certificates: {e}",
+                        cert.display()
+                    ))
+                })?;
             if chain.is_empty() {
-                return Err(BuildError(format!("tls.client_cert_file {}: holds no PEM certificate", cert.display())));
+                return Err(BuildError(format!(
+                    "tls.client_cert_file {}: holds no PEM certificate",
+                    cert.display()
+                )));
             }
             let pem = read_file("tls.client_key_file", key)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&pem)
-                .map_err(|e| BuildError(format!("tls.client_key_file {}: not a PEM private key: {e}", key.display())))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| BuildError(format!("tls.client_cert_file with tls.client_key_file: {e}")))
+            let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                BuildError(format!(
+                    "tls.client_key_file {}: not a PEM private key: {e}",
+                    key.display()
+                ))
+            })?;
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                BuildError(format!(
+                    "tls.client_cert_file with tls.client_key_file: {e}"
+                ))
+            })
         }
         (None, None) => Ok(builder.with_no_client_auth()),
-        _ => Err(BuildError("tls.client_cert_file and tls.client_key_file go together".into())),
+        _ => Err(BuildError(
+            "tls.client_cert_file and tls.client_key_file go together".into(),
+        )),
     }
 }
 
@@ -135,9 +159,12 @@ pub(crate) struct HttpClient {
 
 /// Parses an output's URL; only http and https are accepted.
 pub(crate) fn parse_url(field: &str, url: &str) -> Result<url::Url, BuildError> {
-    let u = url::Url::parse(url).map_err(|e| BuildError(format!("{field} `{url}` is not a URL: {e}")))?;
+    let u = url::Url::parse(url)
+        .map_err(|e| BuildError(format!("{field} `{url}` is not a URL: {e}")))?;
     if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-        return Err(BuildError(format!("{field} `{url}` must be an http:// or https:// URL")));
+        return Err(BuildError(format!(
+            "{field} `{url}` must be an http:// or https:// URL"
+        )));
     }
     if !u.username().is_empty() || u.password().is_some() {
         return Err(BuildError(format!(
@@ -153,8 +180,11 @@ pub(crate) fn header_map(headers: &BTreeMap<String, String>) -> Result<HeaderMap
     for (k, v) in headers {
         let name = HeaderName::from_bytes(k.as_bytes())
             .map_err(|_| BuildError(format!("headers: `{k}` is not a valid header name")))?;
-        let mut value = HeaderValue::from_str(v)
-            .map_err(|_| BuildError(format!("headers: the value of `{k}` is not a valid header value")))?;
+        let mut value = HeaderValue::from_str(v).map_err(|_| {
+            BuildError(format!(
+                "headers: the value of `{k}` is not a valid header value"
+            ))
+        })?;
         if name == hyper::header::AUTHORIZATION {
             value.set_sensitive(true);
         }
@@ -183,17 +213,17 @@ impl HttpTarget {
             .map_err(|e| SendError::retry(format!("{}: {e}", redact(&self.url))))?;
         let h = req.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        h.insert(USER_AGENT, HeaderValue::from_static(concat!("peregrine/", env!("CARGO_PKG_VERSION"))));
+        h.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("peregrine/", env!("CARGO_PKG_VERSION"))),
+        );
         for (k, v) in &self.headers {
             h.insert(k.clone(), v.clone());
         }
         let exchange = async {
-            let response = self
-                .client
-                .inner
-                .request(req)
-                .await
-                .map_err(|e| SendError::retry(format!("POST {}: {}", redact(&self.url), error_chain(&e))))?;
+            let response = self.client.inner.request(req).await.map_err(|e| {
+                SendError::retry(format!("POST {}: {}", redact(&self.url), error_chain(&e)))
+            })?;
             answer(&self.url, response).await
         };
         match tokio::time::timeout(self.client.timeout, exchange).await {
@@ -211,7 +241,10 @@ impl HttpTarget {
 /// 413, 422 and the like) drops it; authentication and addressing errors
 /// (401, 403, 404) are retried, since an operator can fix them without the
 /// alerts being lost meanwhile.
-async fn answer(url: &url::Url, response: hyper::Response<hyper::body::Incoming>) -> Result<(), SendError> {
+async fn answer(
+    url: &url::Url,
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<(), SendError> {
     let status = response.status();
     let retry_after = response
         .headers()
@@ -229,7 +262,9 @@ async fn answer(url: &url::Url, response: hyper::Response<hyper::body::Incoming>
                 if let Some(chunk) = f.data_ref()
                     && body.len() < ERROR_BODY_BYTES
                 {
-                    body.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_BYTES - body.len())]);
+                    body.extend_from_slice(
+                        &chunk[..chunk.len().min(ERROR_BODY_BYTES - body.len())],
+                    );
                 }
             }
             Err(e) => {

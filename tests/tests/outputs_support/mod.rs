@@ -142,7 +142,9 @@ impl RoutedServer {
                 Instant::now() < deadline,
                 "timed out waiting for {name}{labels:?} >= {min}; metrics:\n{}",
                 text.lines()
-                    .filter(|l| l.starts_with("peregrine_output") || l.starts_with("peregrine_alerts"))
+                    .filter(
+                        |l| l.starts_with("peregrine_output") || l.starts_with("peregrine_alerts")
+                    )
                     .collect::<Vec<_>>()
                     .join("\n")
             );
@@ -156,7 +158,9 @@ impl RoutedServer {
             s.shutdown().await.unwrap();
         }
         let router = self.router.clone();
-        tokio::task::spawn_blocking(move || router.shutdown()).await.unwrap();
+        tokio::task::spawn_blocking(move || router.shutdown())
+            .await
+            .unwrap();
     }
 }
 
@@ -169,7 +173,11 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
-        .find(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
@@ -299,24 +307,26 @@ impl Receiver {
 
 /// The receiver's axum app: records, then answers as `answer` says.
 pub fn router(got: Arc<Mutex<Vec<Received>>>, answer: Answer) -> axum::Router {
-    axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-        let got = got.clone();
-        let answer = answer.clone();
-        async move {
-            let mut r = Received {
-                method,
-                path: uri.path().to_string(),
-                headers,
-                body,
-                status: 0,
-            };
-            let mut all = got.lock().unwrap();
-            let (status, text) = answer(&r, all.len());
-            r.status = status;
-            all.push(r);
-            (StatusCode::from_u16(status).unwrap(), text)
-        }
-    })
+    axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let got = got.clone();
+            let answer = answer.clone();
+            async move {
+                let mut r = Received {
+                    method,
+                    path: uri.path().to_string(),
+                    headers,
+                    body,
+                    status: 0,
+                };
+                let mut all = got.lock().unwrap();
+                let (status, text) = answer(&r, all.len());
+                r.status = status;
+                all.push(r);
+                (StatusCode::from_u16(status).unwrap(), text)
+            }
+        },
+    )
 }
 
 /// `n` distinct audit IDs with a prefix.
