@@ -164,6 +164,8 @@ struct Shared {
     intake_ready: Notify,
     intake_finished: AtomicBool,
     store: Arc<Mutex<Store>>,
+    /// Whether the store is the on-disk spool (fixed for the output's life).
+    durable: bool,
     store_ready: Notify,
     drops: DropLog,
 }
@@ -230,6 +232,7 @@ impl OutputHandle {
             intake_ready: Notify::new(),
             intake_finished: AtomicBool::new(false),
             store: Arc::new(Mutex::new(store)),
+            durable,
             store_ready: Notify::new(),
         });
         shared.update_store_gauges(len, bytes);
@@ -357,13 +360,8 @@ async fn run_intake(shared: &Shared) {
         }
         metrics::gauge!("peregrine_output_queued_alerts", "output" => name.clone()).set(0.0);
         let n = batch.len();
-        let durable;
-        let result = {
-            let store = shared.store.clone();
-            durable = store.lock().unwrap_or_else(|p| p.into_inner()).is_durable();
-            let batch_for_store = batch;
-            shared.with_store(move |s| s.append(batch_for_store)).await
-        };
+        let durable = shared.durable;
+        let result = shared.with_store(move |s| s.append(batch)).await;
         match result {
             Some(Ok(a)) => {
                 if durable {
