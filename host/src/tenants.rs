@@ -362,6 +362,7 @@ mod tests {
         let closed = Tenants::from_config(
             &AuthConfig {
                 default_tenant_open: false,
+                ..Default::default()
             },
             &BTreeMap::new(),
         )

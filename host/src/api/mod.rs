@@ -15,14 +15,15 @@ use crate::server::AppState;
 use crate::store::AlertQuery;
 use crate::tenants::ApiAccess;
 
-fn access(app: &AppState, headers: &HeaderMap) -> Result<ApiAccess, Response> {
+/// Who is calling, or the 401 to answer.
+fn access(app: &AppState, headers: &HeaderMap) -> Result<ApiAccess, Box<Response>> {
     app.tenants.api_access(headers).map_err(|e| {
         let mut r = error_response(StatusCode::UNAUTHORIZED, e.to_string());
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer"),
         );
-        r
+        Box::new(r)
     })
 }
 
@@ -30,7 +31,7 @@ fn access(app: &AppState, headers: &HeaderMap) -> Result<ApiAccess, Response> {
 pub(crate) async fn rules(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let access = match access(&app, &headers) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let modules: Vec<_> = app
         .rules
@@ -53,7 +54,7 @@ pub(crate) async fn alerts(
 ) -> Response {
     let access = match access(&app, &headers) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Ok(Query(mut query)) = query.map_err(|e| e.body_text()) else {
         return error_response(
@@ -85,7 +86,7 @@ pub(crate) async fn alerts(
 pub(crate) async fn summary(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let access = match access(&app, &headers) {
         Ok(a) => a,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let Some(store) = app.store.clone() else {
         return error_response(
