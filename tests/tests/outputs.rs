@@ -949,3 +949,87 @@ outputs = ["mtls", "no_client_cert"]
         "{err}"
     );
 }
+
+/// A TCP server that answers every connection with `junk` and hangs up.
+async fn junk_server(junk: &'static [u8]) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 1024];
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(200), s.read(&mut buf))
+                        .await;
+                let _ = s.write_all(junk).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receivers_answering_garbage_are_retried_not_trusted() {
+    let http = junk_server(b"this is not HTTP at all\r\n\r\n\x00\xff").await;
+    let nats = junk_server(b"INFO {not json\r\n-ERR 'bogus'\r\n").await;
+    let am = junk_server(b"HTTP/1.1 200 OK\r\nContent-Length: 9999\r\n\r\ncut short").await;
+    let spool = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[outputs.junk_http]
+type = "webhook"
+url = "http://{http}/"
+delivery = {{ retry_initial_ms = 50, retry_max_ms = 100 }}
+
+[outputs.junk_nats]
+type = "nats"
+url = "nats://{nats}"
+delivery = {{ retry_initial_ms = 50, retry_max_ms = 100 }}
+
+[outputs.junk_am]
+type = "alertmanager"
+url = "http://{am}"
+timeout_ms = 1000
+delivery = {{ retry_initial_ms = 50, retry_max_ms = 100 }}
+
+[[routes]]
+outputs = ["junk_http", "junk_nats", "junk_am"]
+"#
+    );
+    let srv = RoutedServer::start(config(&toml, spool.path()), &echo()).await;
+    srv.post_ids(&ids("junk", 2)).await;
+    for output in ["junk_http", "junk_nats"] {
+        let m = srv
+            .wait_metric("peregrine_output_failed_total", &[("output", output)], 3.0)
+            .await;
+        assert_eq!(
+            metric(&m, "peregrine_output_sent_total", &[("output", output)]),
+            None,
+            "{output}"
+        );
+        assert_eq!(
+            metric(&m, "peregrine_output_pending_alerts", &[("output", output)]),
+            Some(2.0),
+            "{output}"
+        );
+    }
+    // A 200 whose body breaks off still says yes: the receiver took the alerts.
+    srv.wait_metric("peregrine_output_sent_total", &[("output", "junk_am")], 2.0)
+        .await;
+    // The server itself is unharmed.
+    let (status, _) = {
+        let r = srv
+            .client
+            .get(format!("{}/healthz", srv.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), ())
+    };
+    assert_eq!(status, 200);
+    srv.shutdown().await;
+}

@@ -329,18 +329,6 @@ impl OutputHandle {
         }
         true
     }
-
-    /// Alerts accepted and not yet acknowledged (queue and store).
-    pub fn pending(&self) -> u64 {
-        let queued = self.shared.intake().alerts.len() as u64;
-        let stored = self
-            .shared
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len();
-        queued + stored
-    }
 }
 
 /// Moves alerts from the intake queue to the store.
