@@ -1033,3 +1033,69 @@ outputs = ["junk_http", "junk_nats", "junk_am"]
     assert_eq!(status, 200);
     srv.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_shutdown_the_spool_keeps_what_is_undelivered_and_memory_outputs_count_it() {
+    let port = reserve_port();
+    let spool = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[delivery]
+shutdown_grace_ms = 300
+
+[outputs.kept]
+type = "webhook"
+url = "http://127.0.0.1:{port}/kept"
+delivery = {{ retry_initial_ms = 50, retry_max_ms = 100 }}
+
+[outputs.volatile]
+type = "webhook"
+url = "http://127.0.0.1:{port}/volatile"
+delivery = {{ spool = false, retry_initial_ms = 50, retry_max_ms = 100 }}
+
+[[routes]]
+outputs = ["kept", "volatile"]
+"#
+    );
+    // First run: the receiver is down until after the shutdown.
+    let srv = RoutedServer::start(config(&toml, spool.path()), &echo()).await;
+    let all = ids("grace", 6);
+    srv.post_ids(&all).await;
+    srv.wait_metric(
+        "peregrine_output_pending_alerts",
+        &[("output", "kept")],
+        6.0,
+    )
+    .await;
+    srv.wait_metric(
+        "peregrine_output_pending_alerts",
+        &[("output", "volatile")],
+        6.0,
+    )
+    .await;
+    srv.shutdown().await;
+    // The server is gone; the process's recorder still says what happened.
+    let m = peregrine::prometheus::install().unwrap().render();
+    assert_eq!(
+        metric(
+            &m,
+            "peregrine_output_dropped_total",
+            &[("output", "volatile"), ("reason", "shutdown")]
+        ),
+        Some(6.0),
+        "the memory-only output counts what it could not deliver"
+    );
+    assert_eq!(
+        metric(&m, "peregrine_output_dropped_total", &[("output", "kept")]),
+        None
+    );
+
+    // Second run, receiver up: the spooled output delivers what it kept.
+    let rx = Receiver::start_on(port, always_ok()).await;
+    let srv = RoutedServer::start(config(&toml, spool.path()), &echo()).await;
+    let got = rx.wait_accepted("/kept", 6).await;
+    assert_eq!(sorted(audit_ids(&got)), all);
+    assert!(rx.accepted("/volatile").is_empty());
+    srv.shutdown().await;
+    rx.stop().await;
+}

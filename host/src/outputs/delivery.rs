@@ -154,7 +154,6 @@ pub struct OutputHandle {
     shared: Arc<Shared>,
     control: watch::Sender<Phase>,
     done: crossbeam_channel::Receiver<()>,
-    tasks: usize,
 }
 
 /// What the tasks of one output share.
@@ -261,7 +260,6 @@ impl OutputHandle {
             shared,
             control,
             done,
-            tasks: 2,
         }
     }
 
@@ -316,18 +314,13 @@ impl OutputHandle {
             .send(Phase::Draining(tokio::time::Instant::from_std(deadline)));
     }
 
-    /// Waits (blocking) until both tasks ended or `deadline` passed.
+    /// Waits (blocking) until both tasks ended or `deadline` passed. The
+    /// tasks hold the channel's senders, so it disconnects when both ended.
     pub(crate) fn wait(&self, deadline: Instant) -> bool {
-        let mut ended = 0;
-        while ended < self.tasks {
-            match self.done.recv_deadline(deadline) {
-                Ok(()) => {}
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return true,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return false,
-            }
-            ended += 1;
-        }
-        true
+        matches!(
+            self.done.recv_deadline(deadline),
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected)
+        )
     }
 }
 
