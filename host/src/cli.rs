@@ -39,8 +39,10 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the audit webhook: POST /k8s-audit[/<tenant>] (kube-apiserver
-    /// audit webhook backend), GET /healthz, GET /api/v1/rules. Alerts go to
-    /// stdout. Rule modules are reloaded when their files change.
+    /// audit webhook backend), GET /healthz, GET /metrics (Prometheus),
+    /// GET /api/v1/rules. Alerts go to the outputs the configuration's routes
+    /// name (stdout by default), each with retries and an on-disk spool.
+    /// Rule modules are reloaded when their files change.
     Serve(ServeArgs),
     /// Evaluate recorded audit events (files, directories, or `-` for stdin;
     /// one JSON document, an EventList, an array, or JSON lines) and print

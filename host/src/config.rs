@@ -22,6 +22,14 @@ pub struct PeregrineConfig {
     /// `.wasm`; each table is handed to the module's `configure` as JSON.
     pub modules: BTreeMap<String, toml::Table>,
     pub output: OutputConfig,
+    /// What happens to alerts no route matches.
+    pub routing: crate::router::RoutingConfig,
+    /// Alert routes, tried in order.
+    pub routes: Vec<crate::router::RouteConfig>,
+    /// Outputs by name; `type` selects the kind.
+    pub outputs: BTreeMap<String, crate::outputs::OutputKindConfig>,
+    /// Settings shared by every output's delivery (spool directory).
+    pub delivery: crate::outputs::DeliveryConfig,
     /// Alert history for the web UI and `GET /api/v1/alerts`.
     pub store: crate::store::StoreConfig,
     pub auth: crate::tenants::AuthConfig,
@@ -212,7 +220,8 @@ pub enum AlertFormat {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
-    /// Format of alerts printed on stdout.
+    /// Format of alerts printed on stdout (the built-in `stdout` output and
+    /// `peregrine replay`).
     pub format: AlertFormat,
 }
 
@@ -277,6 +286,7 @@ impl PeregrineConfig {
                 ));
             }
         }
+        crate::router::validate(&self)?;
         Ok(self)
     }
 

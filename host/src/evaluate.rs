@@ -246,6 +246,8 @@ impl Evaluator {
         if !admitted_per_rule.is_empty() {
             let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
             for (id, n) in admitted_per_rule {
+                metrics::counter!("peregrine_rule_evaluations_total", "module" => module.key.clone(), "rule" => id.to_string())
+                    .increment(n);
                 rules.entry(id.to_string()).or_default().evaluations += n;
             }
         }

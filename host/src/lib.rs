@@ -2,7 +2,7 @@
 //!
 //! The pipeline, stage by stage: [`ingest`] (webhook, replay) ->
 //! [`evaluate`] (worker threads running the [`rules`] in the [`engine`]
-//! sandbox) -> [`outputs`]. [`reload`] keeps the live rules in step with
+//! sandbox) -> [`router`] -> [`outputs`]. [`reload`] keeps the live rules in step with
 //! their files; [`tenants`] says who may post what.
 
 pub mod alert;
@@ -15,7 +15,9 @@ pub mod evaluate;
 pub mod ingest;
 pub mod outputs;
 pub mod pipeline;
+pub mod prometheus;
 pub mod reload;
+pub mod router;
 pub mod rules;
 pub mod server;
 pub mod store;

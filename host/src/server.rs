@@ -35,6 +35,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/k8s-audit", post(webhook::ingest_default))
         .route("/k8s-audit/{tenant}", post(webhook::ingest_tenant))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::prometheus::metrics_handler))
         .route("/api/v1/rules", get(api::rules))
         .route("/api/v1/alerts", get(api::alerts))
         .route("/api/v1/alerts/summary", get(api::summary))

@@ -10,9 +10,9 @@ use crate::cli::ServeArgs;
 use crate::config::PeregrineConfig;
 use crate::evaluate::AlertSink;
 use crate::ingest::Dedup;
-use crate::outputs::stdout::StdoutOutput;
 use crate::pipeline::{Pipeline, rules_dirs};
 use crate::reload::{RulesDir, RulesWatcher};
+use crate::router::AlertRouter;
 use crate::server::{AppState, app};
 use crate::store::{AlertStore, Tee};
 use crate::tls::TlsListener;
@@ -36,6 +36,7 @@ impl Server {
         sink: Arc<dyn AlertSink>,
         watch: bool,
     ) -> anyhow::Result<Server> {
+        crate::prometheus::install();
         let store = match (config.store.enabled, config.store.resolved_path()) {
             (true, Some(path)) => Some(AlertStore::open(&path, config.store.max_alerts)?),
             (true, None) => {
@@ -161,9 +162,22 @@ pub async fn run(config: Arc<PeregrineConfig>, args: ServeArgs) -> anyhow::Resul
     for d in &dirs {
         tracing::info!(scope = %d.scope, "rules directory {}", d.path.display());
     }
-    let sink: Arc<dyn AlertSink> = Arc::new(StdoutOutput::new(config.output.format));
+    // Opening the outputs' spools is file I/O: off the async threads.
+    let cfg = config.clone();
+    let router = Arc::new(
+        tokio::task::spawn_blocking(move || AlertRouter::start(&cfg))
+            .await
+            .context("starting the outputs panicked")??,
+    );
+    let sink: Arc<dyn AlertSink> = router.clone();
     let server = Server::start(config, dirs, sink, !args.no_watch).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: finishing queued events");
-    server.shutdown().await
+    server.shutdown().await?;
+    // Every event is evaluated and its alerts routed: now let the outputs
+    // deliver for their grace period.
+    tokio::task::spawn_blocking(move || router.shutdown())
+        .await
+        .context("stopping the outputs panicked")?;
+    Ok(())
 }

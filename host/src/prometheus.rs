@@ -1,0 +1,187 @@
+//! `GET /metrics`: the Prometheus exposition of everything the pipeline
+//! records through the `metrics` facade. `docs/operations.md` lists them.
+
+use std::sync::OnceLock;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Histogram buckets of every `*_seconds` metric: from a fast rule call
+/// (microseconds) to a receiver at its timeout (tens of seconds).
+const SECONDS_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Installs the Prometheus recorder as the process's metrics recorder, once.
+/// `None` when another recorder was installed first (then `/metrics`
+/// answers 503 and says so).
+pub fn install() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .ok()?;
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            match metrics::set_global_recorder(recorder) {
+                Ok(()) => {
+                    describe();
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!("metrics are not exported on /metrics: {e}");
+                    None
+                }
+            }
+        })
+        .as_ref()
+}
+
+/// The `GET /metrics` handler.
+pub async fn metrics_handler() -> Response {
+    match HANDLE.get().and_then(Option::as_ref) {
+        Some(h) => {
+            h.run_upkeep();
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                h.render(),
+            )
+                .into_response()
+        }
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Prometheus recorder is not installed\n",
+        )
+            .into_response(),
+    }
+}
+
+/// HELP lines. The names are the ones the stages record; docs/operations.md
+/// explains each, and a test keeps the two in step.
+fn describe() {
+    describe_counter!(
+        "peregrine_events_received_total",
+        "Audit events accepted by the webhook, per tenant."
+    );
+    describe_counter!(
+        "peregrine_events_rejected_total",
+        "Audit events refused inside an accepted request, per reason."
+    );
+    describe_counter!(
+        "peregrine_events_deduplicated_total",
+        "Audit events dropped as repeats of an (auditID, stage) already seen."
+    );
+    describe_counter!(
+        "peregrine_events_evaluated_total",
+        "Audit events evaluated by the workers."
+    );
+    describe_counter!(
+        "peregrine_requests_rejected_total",
+        "Webhook requests refused as a whole, per reason."
+    );
+    describe_gauge!(
+        "peregrine_queue_events",
+        "Audit events waiting between the webhook and the workers."
+    );
+    describe_counter!(
+        "peregrine_rule_evaluations_total",
+        "Events handed to a rule (after its prefilter), per module and rule."
+    );
+    describe_histogram!(
+        "peregrine_rule_eval_seconds",
+        metrics::Unit::Seconds,
+        "Duration of one evaluate call of a module."
+    );
+    describe_counter!(
+        "peregrine_alerts_total",
+        "Alerts raised, per module and rule."
+    );
+    describe_counter!(
+        "peregrine_alerts_dropped_total",
+        "Alerts discarded before routing, per reason."
+    );
+    describe_counter!(
+        "peregrine_rule_errors_total",
+        "Failed module calls, per module and kind (trap, timeout, memory, ...)."
+    );
+    describe_counter!(
+        "peregrine_module_loads_total",
+        "Module loads and reloads, per result."
+    );
+    describe_histogram!(
+        "peregrine_module_load_seconds",
+        metrics::Unit::Seconds,
+        "Duration of loading one module."
+    );
+    describe_gauge!("peregrine_modules_live", "Rule modules live.");
+    describe_counter!(
+        "peregrine_alerts_routed_total",
+        "Alerts matched by a route (`default` for the default outputs)."
+    );
+    describe_counter!(
+        "peregrine_alerts_folded_total",
+        "Alerts folded into a previous identical one by a route's dedup window."
+    );
+    describe_counter!(
+        "peregrine_alerts_unrouted_total",
+        "Alerts no route matched while routing.default_outputs is empty."
+    );
+    describe_gauge!(
+        "peregrine_output_queued_alerts",
+        "Alerts in an output's in-memory queue, before its store."
+    );
+    describe_gauge!(
+        "peregrine_output_pending_alerts",
+        "Alerts in an output's store (spool or memory), not yet acknowledged."
+    );
+    describe_gauge!(
+        "peregrine_output_spool_bytes",
+        metrics::Unit::Bytes,
+        "Size of the alerts in an output's on-disk spool."
+    );
+    describe_counter!(
+        "peregrine_output_spooled_total",
+        "Alerts written to an output's on-disk spool."
+    );
+    describe_counter!(
+        "peregrine_output_sent_total",
+        "Alerts an output's receiver acknowledged."
+    );
+    describe_counter!(
+        "peregrine_output_failed_total",
+        "Send attempts that failed and will be retried."
+    );
+    describe_counter!(
+        "peregrine_output_retried_total",
+        "Send attempts that retried an earlier failure."
+    );
+    describe_counter!(
+        "peregrine_output_dropped_total",
+        "Alerts an output gave up on, per reason."
+    );
+    describe_histogram!(
+        "peregrine_output_send_seconds",
+        metrics::Unit::Seconds,
+        "Duration of one send attempt."
+    );
+    describe_gauge!(
+        "peregrine_output_up",
+        "1 if the output's last send attempt succeeded, 0 if it failed."
+    );
+    describe_counter!(
+        "peregrine_store_dropped_total",
+        "Alerts the alert history (UI and API) could not keep, per reason."
+    );
+    describe_counter!(
+        "peregrine_tls_handshake_failures_total",
+        "TLS handshakes with the webhook that failed."
+    );
+}
