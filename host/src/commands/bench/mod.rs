@@ -150,6 +150,9 @@ impl BenchEnv {
         c.engine.cache_dir = Some(self.cache_dir.clone());
         c.engine.workers = workers;
         c.server.listen = ([127, 0, 0, 1], 0).into();
+        // The HTTP figures keep alert history as `peregrine serve` does by
+        // default, in this run's scratch directory, not the user's store.
+        c.store.path = Some(self.scratch.path().join("alerts.sqlite"));
         c
     }
 
@@ -343,6 +346,9 @@ fn machine(load_at_start: Option<f64>) -> serde_json::Value {
 pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
     let load_at_start = load_average();
+    // Every figure runs with the metrics recorder `peregrine serve` installs,
+    // so the per-call metrics cost what they cost in production.
+    crate::prometheus::install();
     let mut base_config = match &args.config {
         Some(p) => PeregrineConfig::load(p)?,
         None => PeregrineConfig::default(),
