@@ -48,7 +48,7 @@ fn bench_quick_prints_the_table_and_a_json_summary() {
 
     let last = stdout.lines().last().expect("some output");
     let summary: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
-    let s = &summary["peregrine_bench"];
+    let s = &summary["bench"];
     for key in [
         "engine_wasm_eps",
         "engine_native_eps",
@@ -136,10 +136,10 @@ fn bench_measures_user_rules_and_events() {
     assert!(stdout.contains("Per-module cost"), "{stdout}");
     assert!(stdout.contains("workload_hardening"), "{stdout}");
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(summary["peregrine_bench"]["user_rules"], true);
-    assert!(summary["peregrine_bench"]["engine_native_eps"].is_null());
+    assert_eq!(summary["bench"]["user_rules"], true);
+    assert!(summary["bench"]["engine_native_eps"].is_null());
     assert!(
-        summary["peregrine_bench"]["engine_wasm_eps"]
+        summary["bench"]["engine_wasm_eps"]
             .as_f64()
             .is_some()
     );

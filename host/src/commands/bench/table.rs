@@ -513,7 +513,7 @@ impl Report {
         );
         self.json.insert("machine".into(), machine);
         let mut outer = Map::new();
-        outer.insert("peregrine_bench".into(), Value::Object(self.json.clone()));
+        outer.insert("bench".into(), Value::Object(self.json.clone()));
         Value::Object(outer).to_string()
     }
 }
