@@ -138,9 +138,5 @@ fn bench_measures_user_rules_and_events() {
     let summary: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(summary["bench"]["user_rules"], true);
     assert!(summary["bench"]["engine_native_eps"].is_null());
-    assert!(
-        summary["bench"]["engine_wasm_eps"]
-            .as_f64()
-            .is_some()
-    );
+    assert!(summary["bench"]["engine_wasm_eps"].as_f64().is_some());
 }
