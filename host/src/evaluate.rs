@@ -271,8 +271,8 @@ impl Evaluator {
         Ok(inst)
     }
 
-    /// Turns a module's alerts into host alerts: names and priorities from
-    /// metadata, `rule_matching`, and a rule error for undeclared rule ids.
+    /// Turns a module's alerts into host alerts (see [`accept_alerts`]),
+    /// counts them, and reports undeclared rule ids as rule errors.
     fn accept(
         &self,
         module: &LoadedModule,
@@ -281,59 +281,36 @@ impl Evaluator {
         alerts: Vec<peregrine_sdk::Alert>,
         out: &mut Vec<Alert>,
     ) {
-        let mut accepted: Vec<(usize, Alert)> = Vec::with_capacity(alerts.len());
-        for a in alerts {
-            let Some((index, rule)) = module.rule(&a.rule_id) else {
-                let e = CallError::Trap(format!(
-                    "returned an alert for undeclared rule id `{}`",
-                    a.rule_id
-                ));
-                out.push(self.rule_error(module, tenant, ev, &e));
-                continue;
-            };
-            if !rule.enabled {
-                metrics::counter!("peregrine_alerts_dropped_total", "reason" => "rule_disabled")
-                    .increment(1);
-                continue;
-            }
-            let mut tags = rule.tags.clone();
-            for t in a.tags {
-                if !tags.contains(&t) {
-                    tags.push(t);
-                }
-            }
-            accepted.push((
-                index,
-                Alert {
-                    time_unix_nanos: event_time(ev),
-                    rule: rule.name.clone(),
-                    rule_id: rule.id.clone(),
-                    priority: a.priority.unwrap_or(rule.priority).into(),
-                    output: a.output,
-                    tags,
-                    fields: a.fields,
-                    tenant: tenant.clone(),
-                    module: module.key.clone(),
-                    module_digest: module.digest.clone(),
-                    audit_id: ev.audit_id.clone(),
-                    hostname: self.hostname.clone(),
-                },
-            ));
+        let origin = AlertOrigin {
+            module: &module.key,
+            digest: &module.digest,
+            tenant,
+            hostname: &self.hostname,
+        };
+        let accepted = accept_alerts(
+            |id| module.rule(id),
+            self.rule_matching,
+            &origin,
+            ev,
+            alerts,
+        );
+        for id in &accepted.undeclared {
+            let e = CallError::Trap(format!("returned an alert for undeclared rule id `{id}`"));
+            out.push(self.rule_error(module, tenant, ev, &e));
         }
-        if self.rule_matching == RuleMatching::First
-            && let Some(first) = accepted.iter().map(|(i, _)| *i).min()
-        {
-            accepted.retain(|(i, _)| *i == first);
+        if accepted.disabled > 0 {
+            metrics::counter!("peregrine_alerts_dropped_total", "reason" => "rule_disabled")
+                .increment(accepted.disabled as u64);
         }
-        if !accepted.is_empty() {
+        if !accepted.alerts.is_empty() {
             let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
-            for (_, a) in &accepted {
+            for a in &accepted.alerts {
                 rules.entry(a.rule_id.clone()).or_default().alerts += 1;
                 metrics::counter!("peregrine_alerts_total", "module" => module.key.clone(), "rule" => a.rule_id.clone())
                     .increment(1);
             }
         }
-        out.extend(accepted.into_iter().map(|(_, a)| a));
+        out.extend(accepted.alerts);
     }
 
     fn rule_error(
@@ -384,6 +361,81 @@ impl Evaluator {
             hostname: self.hostname.clone(),
         }
     }
+}
+
+/// Where alerts come from: stamped on each alert.
+pub struct AlertOrigin<'a> {
+    pub module: &'a str,
+    pub digest: &'a str,
+    pub tenant: &'a Arc<str>,
+    pub hostname: &'a Arc<str>,
+}
+
+/// A module's alerts for one event, once checked against its metadata.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// In the module's declared rule order, after `rule_matching`.
+    pub alerts: Vec<Alert>,
+    /// Rule ids the module does not declare (a module bug).
+    pub undeclared: Vec<String>,
+    /// Alerts of rules the module reports disabled, dropped.
+    pub disabled: usize,
+}
+
+/// Turns a module's alerts for `ev` into host alerts: names, priorities and
+/// tags from the module's metadata (`lookup` finds a rule and its position by
+/// id), and `rule_matching` (`first` keeps the alerts of the first matching
+/// rule in the module's order). The native side of `peregrine bench` shares
+/// it, so both sides do the same work.
+pub fn accept_alerts<'r>(
+    lookup: impl Fn(&str) -> Option<(usize, &'r peregrine_sdk::RuleInfo)>,
+    rule_matching: RuleMatching,
+    origin: &AlertOrigin<'_>,
+    ev: &AuditEvent,
+    alerts: Vec<peregrine_sdk::Alert>,
+) -> Accepted {
+    let mut out = Accepted::default();
+    let mut accepted: Vec<(usize, Alert)> = Vec::with_capacity(alerts.len());
+    for a in alerts {
+        let Some((index, rule)) = lookup(&a.rule_id) else {
+            out.undeclared.push(a.rule_id);
+            continue;
+        };
+        if !rule.enabled {
+            out.disabled += 1;
+            continue;
+        }
+        let mut tags = rule.tags.clone();
+        for t in a.tags {
+            if !tags.contains(&t) {
+                tags.push(t);
+            }
+        }
+        accepted.push((
+            index,
+            Alert {
+                time_unix_nanos: event_time(ev),
+                rule: rule.name.clone(),
+                rule_id: rule.id.clone(),
+                priority: a.priority.unwrap_or(rule.priority).into(),
+                output: a.output,
+                tags,
+                fields: a.fields,
+                tenant: origin.tenant.clone(),
+                module: origin.module.to_string(),
+                module_digest: origin.digest.to_string(),
+                audit_id: ev.audit_id.clone(),
+                hostname: origin.hostname.clone(),
+            },
+        ));
+    }
+    if rule_matching == RuleMatching::First
+        && let Some(first) = accepted.iter().map(|(i, _)| *i).min()
+    {
+        accepted.retain(|(i, _)| *i == first);
+    }
+    out.alerts = accepted.into_iter().map(|(_, a)| a).collect();
+    out
 }
 
 /// Alerts are stamped with the event's time, as Falco does; events without a

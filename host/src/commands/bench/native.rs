@@ -20,6 +20,7 @@ use peregrine_sdk::{Event, ModuleInfo, RuleModule};
 
 use crate::alert::Alert;
 use crate::config::{PeregrineConfig, RuleMatching};
+use crate::evaluate::{AlertOrigin, accept_alerts};
 
 /// The pack's file name as `make rules` builds it.
 pub(crate) const PACK_FILE: &str = "falco_k8s_audit.wasm";
@@ -107,44 +108,13 @@ impl NativePack {
         alerts: Vec<peregrine_sdk::Alert>,
         out: &mut Vec<Alert>,
     ) {
-        let mut accepted: Vec<(usize, Alert)> = Vec::with_capacity(alerts.len());
-        for a in alerts {
-            let Some(&index) = self.rule_index.get(&a.rule_id) else {
-                continue;
-            };
-            let rule = &self.info.rules[index];
-            if !rule.enabled {
-                continue;
-            }
-            let mut tags = rule.tags.clone();
-            for t in a.tags {
-                if !tags.contains(&t) {
-                    tags.push(t);
-                }
-            }
-            accepted.push((
-                index,
-                Alert {
-                    time_unix_nanos: ev.time_unix_nanos().unwrap_or(0),
-                    rule: rule.name.clone(),
-                    rule_id: rule.id.clone(),
-                    priority: a.priority.unwrap_or(rule.priority).into(),
-                    output: a.output,
-                    tags,
-                    fields: a.fields,
-                    tenant: tenant.clone(),
-                    module: self.module_key.clone(),
-                    module_digest: self.digest.clone(),
-                    audit_id: ev.audit_id.clone(),
-                    hostname: self.hostname.clone(),
-                },
-            ));
-        }
-        if self.rule_matching == RuleMatching::First
-            && let Some(first) = accepted.iter().map(|(i, _)| *i).min()
-        {
-            accepted.retain(|(i, _)| *i == first);
-        }
-        out.extend(accepted.into_iter().map(|(_, a)| a));
+        let origin = AlertOrigin {
+            module: &self.module_key,
+            digest: &self.digest,
+            tenant,
+            hostname: &self.hostname,
+        };
+        let lookup = |id: &str| self.rule_index.get(id).map(|&i| (i, &self.info.rules[i]));
+        out.extend(accept_alerts(lookup, self.rule_matching, &origin, ev, alerts).alerts);
     }
 }
