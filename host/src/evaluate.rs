@@ -35,11 +35,14 @@ pub trait AlertSink: Send + Sync {
 /// The queue between ingest and the workers. Bounded in events, not batches,
 /// since that is what memory and the apiserver's retry budget are counted in.
 /// Tenants are served round-robin so one tenant's flood queues behind itself,
-/// not in front of everyone else.
+/// not in front of everyone else, and while others wait no tenant holds more
+/// than `workers - 1` workers, so a tenant whose rules are slow cannot occupy
+/// every worker.
 pub struct BatchQueue {
     inner: Mutex<QueueState>,
     ready: Condvar,
     capacity: usize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -48,6 +51,8 @@ struct QueueState {
     tenant_events: HashMap<Arc<str>, usize>,
     /// Tenants with queued batches, in service order.
     ring: VecDeque<Arc<str>>,
+    /// Batches each tenant has on the workers now.
+    in_flight: HashMap<Arc<str>, usize>,
     events: usize,
     closed: bool,
 }
@@ -69,7 +74,15 @@ impl BatchQueue {
             inner: Mutex::new(QueueState::default()),
             ready: Condvar::new(),
             capacity,
+            max_in_flight: std::sync::atomic::AtomicUsize::new(usize::MAX),
         }
+    }
+
+    /// Tells the queue how many workers serve it: while other tenants wait,
+    /// one tenant gets at most `workers - 1` of them (at least one).
+    pub fn set_workers(&self, workers: usize) {
+        self.max_in_flight
+            .store(workers.saturating_sub(1).max(1), Ordering::Relaxed);
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
@@ -106,10 +119,21 @@ impl BatchQueue {
     }
 
     /// The next batch, round-robin over tenants; `None` once closed and drained.
+    /// A tenant that already holds its share of the workers is passed over
+    /// while another tenant has work; with no one else waiting it may use
+    /// them all. Call [`BatchQueue::done`] when the batch is evaluated.
     pub fn pop(&self) -> Option<Batch> {
+        let cap = self.max_in_flight.load(Ordering::Relaxed);
         let mut s = self.state();
         loop {
-            if let Some(tenant) = s.ring.pop_front() {
+            let eligible = s
+                .ring
+                .iter()
+                .position(|t| s.in_flight.get(t).copied().unwrap_or(0) < cap);
+            if let Some(tenant) = eligible
+                .or((!s.ring.is_empty()).then_some(0))
+                .and_then(|i| s.ring.remove(i))
+            {
                 let q = s
                     .per_tenant
                     .get_mut(&tenant)
@@ -127,6 +151,7 @@ impl BatchQueue {
                         s.tenant_events.remove(&tenant);
                     }
                 }
+                *s.in_flight.entry(tenant).or_default() += 1;
                 metrics::gauge!("peregrine_queue_events").set(s.events as f64);
                 return Some(batch);
             }
@@ -134,6 +159,17 @@ impl BatchQueue {
                 return None;
             }
             s = self.ready.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// A batch of `tenant` taken by [`BatchQueue::pop`] is evaluated.
+    pub fn done(&self, tenant: &Arc<str>) {
+        let mut s = self.state();
+        if let Some(n) = s.in_flight.get_mut(tenant) {
+            *n -= 1;
+            if *n == 0 {
+                s.in_flight.remove(tenant);
+            }
         }
     }
 
@@ -472,6 +508,7 @@ impl WorkerPool {
                                 .chunks(evaluator.batch_events.max(1))
                                 .flat_map(|chunk| evaluator.evaluate_batch(&batch.tenant, chunk))
                                 .collect();
+                            queue.done(&batch.tenant);
                             match batch.reply {
                                 Some(reply) => {
                                     let _ = reply.send(alerts);
@@ -492,5 +529,69 @@ impl WorkerPool {
         for h in self.handles {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(tenant: &str, n: usize) -> Batch {
+        let ev: AuditEvent =
+            serde_json::from_str(r#"{"auditID":"a","stage":"ResponseComplete","verb":"get"}"#)
+                .unwrap();
+        Batch {
+            tenant: tenant.into(),
+            events: vec![ev; n],
+            reply: None,
+        }
+    }
+
+    #[test]
+    fn queue_is_bounded_in_events_and_per_tenant_share() {
+        let q = BatchQueue::new(10);
+        q.push(batch("a", 6), None).unwrap();
+        assert_eq!(q.push(batch("b", 5), None), Err(QueueError::Full));
+        assert_eq!(q.push(batch("a", 2), Some(7)), Err(QueueError::TenantFull));
+        q.push(batch("b", 4), Some(7)).unwrap();
+        assert_eq!((q.len(), q.tenant_len("a"), q.tenant_len("b")), (10, 6, 4));
+        q.close();
+        assert_eq!(q.push(batch("b", 1), None), Err(QueueError::Closed));
+        assert!(q.pop().is_some() && q.pop().is_some() && q.pop().is_none());
+    }
+
+    #[test]
+    fn tenants_take_turns_and_none_holds_every_worker_while_others_wait() {
+        let q = BatchQueue::new(1_000);
+        q.set_workers(2);
+        for _ in 0..3 {
+            q.push(batch("a", 1), None).unwrap();
+        }
+        // Alone, tenant a may use both workers.
+        let first = q.pop().unwrap();
+        let second = q.pop().unwrap();
+        assert_eq!((&*first.tenant, &*second.tenant), ("a", "a"));
+        q.push(batch("b", 1), None).unwrap();
+        q.done(&first.tenant);
+        // a still holds one worker, its share while b waits: b goes next.
+        assert_eq!(&*q.pop().unwrap().tenant, "b");
+        // With everyone at their share, work goes on rather than idle.
+        assert_eq!(&*q.pop().unwrap().tenant, "a");
+    }
+
+    #[test]
+    fn tenants_are_served_round_robin() {
+        let q = BatchQueue::new(1_000);
+        for t in ["a", "a", "a", "b", "c"] {
+            q.push(batch(t, 1), None).unwrap();
+        }
+        let order: Vec<String> = (0..5)
+            .map(|_| {
+                let b = q.pop().unwrap();
+                q.done(&b.tenant);
+                b.tenant.to_string()
+            })
+            .collect();
+        assert_eq!(order, ["a", "b", "c", "a", "a"]);
     }
 }

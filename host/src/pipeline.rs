@@ -120,6 +120,7 @@ impl Pipeline {
             );
         }
         let queue = Arc::new(BatchQueue::new(config.server.queue_events));
+        queue.set_workers(workers);
         let evaluator = Arc::new(Evaluator {
             engine: engine.clone(),
             rules: rules.current().clone(),
