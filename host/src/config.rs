@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub dedup_capacity: usize,
     /// Serve HTTPS instead of HTTP (and optionally require client certificates).
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Keep acknowledged events on disk until they are evaluated.
+    pub journal: crate::ingest::journal::JournalConfig,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +69,7 @@ impl Default for ServerConfig {
             queue_events: 100_000,
             dedup_capacity: 100_000,
             tls: None,
+            journal: Default::default(),
         }
     }
 }

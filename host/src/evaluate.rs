@@ -25,6 +25,8 @@ pub struct Batch {
     pub events: Vec<AuditEvent>,
     /// Where to send the alerts instead of the sink (replay keeps order this way).
     pub reply: Option<crossbeam_channel::Sender<Vec<Alert>>>,
+    /// The batch's entry in the ingest journal, completed once evaluated.
+    pub journal: Option<crate::ingest::journal::JournalEntry>,
 }
 
 /// Where the alerts of the evaluation stage go.
@@ -92,17 +94,33 @@ impl BatchQueue {
     /// Queues a batch unless the queue, or the tenant's share `tenant_cap`,
     /// would overflow. All or nothing: the apiserver retries whole batches.
     pub fn push(&self, batch: Batch, tenant_cap: Option<usize>) -> Result<(), QueueError> {
+        self.push_inner(batch, tenant_cap).map_err(|(e, _)| e)
+    }
+
+    /// Queues a batch if there is room (ignoring tenant shares), or hands it
+    /// back; for recovery, which waits for room rather than refusing.
+    pub fn push_or_return(&self, batch: Batch) -> Result<(), Batch> {
+        self.push_inner(batch, None).map_err(|(_, b)| b)
+    }
+
+    fn push_inner(
+        &self,
+        batch: Batch,
+        tenant_cap: Option<usize>,
+    ) -> Result<(), (QueueError, Batch)> {
         let n = batch.events.len();
         let mut s = self.state();
         if s.closed {
-            return Err(QueueError::Closed);
+            return Err((QueueError::Closed, batch));
         }
-        if s.events + n > self.capacity {
-            return Err(QueueError::Full);
+        // A batch larger than the whole queue still goes in when the queue
+        // is empty, or it could never be taken.
+        if s.events + n > self.capacity && s.events > 0 {
+            return Err((QueueError::Full, batch));
         }
         let tenant_now = s.tenant_events.get(&batch.tenant).copied().unwrap_or(0);
         if tenant_cap.is_some_and(|cap| tenant_now + n > cap) {
-            return Err(QueueError::TenantFull);
+            return Err((QueueError::TenantFull, batch));
         }
         s.events += n;
         *s.tenant_events.entry(batch.tenant.clone()).or_default() += n;
@@ -516,6 +534,9 @@ impl WorkerPool {
                                 None if alerts.is_empty() => {}
                                 None => sink.submit(alerts),
                             }
+                            if let Some(entry) = batch.journal {
+                                entry.complete();
+                            }
                         }
                     })
                     .expect("spawning a worker thread")
@@ -544,6 +565,7 @@ mod tests {
             tenant: tenant.into(),
             events: vec![ev; n],
             reply: None,
+            journal: None,
         }
     }
 

@@ -177,6 +177,14 @@ fn describe() {
         "1 if the output's last send attempt succeeded, 0 if it failed."
     );
     describe_counter!(
+        "peregrine_journal_recovered_total",
+        "Events found in the ingest journal at start and evaluated then."
+    );
+    describe_counter!(
+        "peregrine_journal_discarded_total",
+        "Unreadable ingest journal entries removed at start."
+    );
+    describe_counter!(
         "peregrine_store_dropped_total",
         "Alerts the alert history (UI and API) could not keep, per reason."
     );

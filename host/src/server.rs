@@ -27,6 +27,8 @@ pub struct AppState {
     pub started: Instant,
     /// Alert history for the UI and API; `None` when disabled.
     pub store: Option<Arc<crate::store::AlertStore>>,
+    /// Acknowledged events not yet evaluated; `None` when disabled.
+    pub journal: Option<Arc<crate::ingest::journal::Journal>>,
 }
 
 /// All routes. Methods other than the ones listed get 405 with `Allow`.

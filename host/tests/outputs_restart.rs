@@ -171,6 +171,7 @@ async fn spooled_alerts_survive_a_killed_peregrine() {
             r#"
 [server]
 listen = "127.0.0.1:0"
+journal = {{ path = "{journal}" }}
 
 [engine]
 workers = 2
@@ -196,6 +197,7 @@ default_outputs = ["hook"]
             cache = cache.display(),
             rules = rules.display(),
             spool = work.path().join("spool").display(),
+            journal = work.path().join("journal.sqlite").display(),
         ),
     )
     .unwrap();
@@ -218,7 +220,7 @@ default_outputs = ["hook"]
         |v| v >= 1.0,
     );
 
-    // A second process on the same spool is refused, and says why.
+    // A second process on the same journal and spool is refused, and says why.
     let second = Command::new(env!("CARGO_BIN_EXE_peregrine"))
         .args(["serve", "--no-watch", "-c"])
         .arg(&config)

@@ -77,6 +77,9 @@ pub fn test_config() -> PeregrineConfig {
     c.engine.workers = 2;
     // Tests that read alert history enable it with a path of their own.
     c.store.enabled = false;
+    // Likewise the ingest journal: tests run in parallel, and one journal
+    // file admits one process.
+    c.server.journal.enabled = false;
     c
 }
 
@@ -321,6 +324,7 @@ pub fn evaluate_file(
                     tenant: "default".into(),
                     events: decoded.events,
                     reply: Some(tx),
+                    journal: None,
                 },
                 None,
             )

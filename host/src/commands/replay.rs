@@ -120,6 +120,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
                         tenant: tenant.clone(),
                         events: chunk,
                         reply: Some(tx),
+                        journal: None,
                     },
                     None,
                 )

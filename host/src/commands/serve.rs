@@ -9,7 +9,9 @@ use anyhow::Context;
 use crate::cli::ServeArgs;
 use crate::config::PeregrineConfig;
 use crate::evaluate::AlertSink;
+use crate::evaluate::{Batch, BatchQueue};
 use crate::ingest::Dedup;
+use crate::ingest::journal::{Journal, JournalEntry};
 use crate::pipeline::{Pipeline, rules_dirs};
 use crate::reload::{RulesDir, RulesWatcher};
 use crate::router::AlertRouter;
@@ -51,11 +53,33 @@ impl Server {
             Some(store) => Arc::new(Tee(vec![store.clone(), sink])),
             None => sink,
         };
+        // Opened before the modules load, so a second process on the same
+        // journal stops here, before it does any work.
+        let journal = match (
+            config.server.journal.enabled,
+            config.server.journal.resolved_path(),
+        ) {
+            (true, Some(path)) => Some(Journal::open(&path)?),
+            (true, None) => {
+                tracing::warn!(
+                    "no place for the ingest journal (set server.journal.path, HOME or XDG_DATA_HOME); \
+                     events queued at a crash would be lost"
+                );
+                None
+            }
+            (false, _) => None,
+        };
         let cfg = config.clone();
         // Loading compiles modules: seconds of CPU, not for the async threads.
         let pipeline = tokio::task::spawn_blocking(move || Pipeline::start(cfg, dirs, sink, false))
             .await
             .context("module loading panicked")??;
+        if let Some(journal) = &journal {
+            let (journal, queue) = (journal.clone(), pipeline.queue.clone());
+            tokio::task::spawn_blocking(move || recover(&journal, &queue))
+                .await
+                .context("journal recovery panicked")??;
+        }
         let watcher = if watch {
             Some(pipeline.rules.watch()?)
         } else {
@@ -69,6 +93,7 @@ impl Server {
             rules: pipeline.rules.clone(),
             started: Instant::now(),
             store,
+            journal,
         });
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
@@ -134,6 +159,42 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Queues the batches a previous process acknowledged but did not evaluate,
+/// before any new request is taken.
+fn recover(journal: &Arc<Journal>, queue: &BatchQueue) -> anyhow::Result<()> {
+    let pending = journal.pending()?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let events: usize = pending.iter().map(|p| p.events.len()).sum();
+    tracing::warn!(
+        batches = pending.len(),
+        events,
+        "evaluating events acknowledged before the last stop but not evaluated"
+    );
+    metrics::counter!("peregrine_journal_recovered_total").increment(events as u64);
+    for p in pending {
+        let mut batch = Batch {
+            tenant: p.tenant,
+            events: p.events,
+            reply: None,
+            journal: Some(JournalEntry::new(journal.clone(), p.id)),
+        };
+        // The queue may be smaller than what the journal holds: wait for the
+        // workers to make room.
+        loop {
+            match queue.push_or_return(batch) {
+                Ok(()) => break,
+                Err(b) => {
+                    batch = b;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -172,15 +172,50 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             .iter()
             .map(|e| (e.audit_id.clone(), e.stage.clone()))
             .collect();
+        // On disk before the answer: an acknowledged event survives a crash.
+        let (journal, events) = match app.journal.clone() {
+            Some(journal) => {
+                let tenant_id = tenant.id.clone();
+                let appended = tokio::task::spawn_blocking(move || {
+                    let id = journal.append(&tenant_id, &events);
+                    (journal, id, events)
+                })
+                .await;
+                match appended {
+                    Ok((journal, Ok(id), events)) => (Some((journal, id)), events),
+                    Ok((_, Err(e), _)) => {
+                        app.dedup.forget(
+                            &tenant.id,
+                            keys.iter().map(|(a, s)| (a.as_str(), s.as_str())),
+                        );
+                        tracing::error!("cannot journal accepted events: {e}");
+                        return error_response(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "cannot write the ingest journal; retry later",
+                        );
+                    }
+                    Err(e) => {
+                        return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+                    }
+                }
+            }
+            None => (None, events),
+        };
         let batch = Batch {
             tenant: tenant.id.clone(),
             events,
             reply: None,
+            journal: journal
+                .as_ref()
+                .map(|(j, id)| crate::ingest::journal::JournalEntry::new(j.clone(), *id)),
         };
         if let Err(e) = app
             .queue
             .push(batch, tenant.queue_share(app.queue.capacity()))
         {
+            if let Some((j, id)) = journal {
+                j.discard(id);
+            }
             // Not queued, so not acknowledged: the apiserver will resend, and
             // the resent events must not be dropped as duplicates.
             app.dedup.forget(

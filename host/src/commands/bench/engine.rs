@@ -95,6 +95,7 @@ fn all_cores_pass(
                     tenant: tenant.clone(),
                     events,
                     reply: Some(tx),
+                    journal: None,
                 },
                 None,
             )

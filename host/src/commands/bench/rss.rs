@@ -77,6 +77,7 @@ pub fn child(args: RssArgs) -> anyhow::Result<i32> {
                     tenant: tenant.clone(),
                     events: chunk.to_vec(),
                     reply: Some(tx),
+                    journal: None,
                 },
                 None,
             )
