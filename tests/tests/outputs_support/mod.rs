@@ -35,6 +35,7 @@ pub fn config(toml: &str, spool: &Path) -> PeregrineConfig {
     c.engine.cache_dir = base.engine.cache_dir;
     c.engine.workers = base.engine.workers;
     c.store.enabled = base.store.enabled;
+    c.server.journal.enabled = base.server.journal.enabled;
     c.delivery.spool_dir = Some(spool.to_path_buf());
     c
 }
