@@ -7,14 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::bindings::peregrine::rules::types as wit;
 
 /// One audit event. `audit.k8s.io/v1` and `v1beta1` share this shape; the
 /// legacy `timestamp` field only exists in `v1beta1`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEvent {
     #[serde(rename = "auditID")]
@@ -52,7 +52,7 @@ pub struct AuditEvent {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditUser {
     #[serde(default)]
@@ -65,7 +65,7 @@ pub struct AuditUser {
     pub extra: BTreeMap<String, Vec<String>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditObjectRef {
     pub resource: Option<String>,
@@ -78,7 +78,7 @@ pub struct AuditObjectRef {
     pub resource_version: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditStatus {
     pub code: Option<i32>,

@@ -76,7 +76,8 @@ impl Server {
             .context("module loading panicked")??;
         if let Some(journal) = &journal {
             let (journal, queue) = (journal.clone(), pipeline.queue.clone());
-            tokio::task::spawn_blocking(move || recover(&journal, &queue))
+            let max_event = config.server.max_event_bytes;
+            tokio::task::spawn_blocking(move || recover(&journal, &queue, max_event))
                 .await
                 .context("journal recovery panicked")??;
         }
@@ -163,8 +164,12 @@ impl Server {
 
 /// Queues the batches a previous process acknowledged but did not evaluate,
 /// before any new request is taken.
-fn recover(journal: &Arc<Journal>, queue: &BatchQueue) -> anyhow::Result<()> {
-    let pending = journal.pending()?;
+fn recover(
+    journal: &Arc<Journal>,
+    queue: &BatchQueue,
+    max_event_bytes: usize,
+) -> anyhow::Result<()> {
+    let pending = journal.pending(max_event_bytes)?;
     if pending.is_empty() {
         return Ok(());
     }

@@ -138,7 +138,9 @@ impl Journal {
             "CREATE TABLE IF NOT EXISTS batches (
                 id INTEGER PRIMARY KEY AUTOINCREMENT,
                 tenant TEXT NOT NULL,
-                events TEXT NOT NULL
+                body BLOB NOT NULL,
+                json_lines INTEGER NOT NULL,
+                accepted TEXT NOT NULL
              );",
         )
         .map_err(err)?;
@@ -156,13 +158,20 @@ impl Journal {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a batch about to be acknowledged; returns its id.
-    pub fn append(&self, tenant: &str, events: &[AuditEvent]) -> Result<i64, JournalError> {
-        let json = serde_json::to_string(events)?;
+    /// Records a request body about to be acknowledged, with the (auditID,
+    /// stage) of the events accepted from it; returns the entry's id.
+    pub fn append(
+        &self,
+        tenant: &str,
+        body: &[u8],
+        json_lines: bool,
+        accepted: &[(String, String)],
+    ) -> Result<i64, JournalError> {
+        let accepted = serde_json::to_string(accepted)?;
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO batches (tenant, events) VALUES (?, ?)",
-            params![tenant, json],
+            "INSERT INTO batches (tenant, body, json_lines, accepted) VALUES (?, ?, ?, ?)",
+            params![tenant, body, json_lines, accepted],
         )?;
         Ok(conn.last_insert_rowid())
     }
@@ -188,26 +197,63 @@ impl Journal {
         self.complete(id);
     }
 
-    /// Batches left by a previous process, oldest first. Unreadable entries
-    /// are logged, counted and removed, so they cannot block the start.
-    pub fn pending(&self) -> Result<Vec<PendingBatch>, JournalError> {
+    /// Batches left by a previous process, oldest first: each body decoded
+    /// again, keeping the events that were accepted from it. Unreadable
+    /// entries are logged, counted and removed, so they cannot block the start.
+    pub fn pending(&self, max_event_bytes: usize) -> Result<Vec<PendingBatch>, JournalError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, tenant, events FROM batches ORDER BY id")?;
-        let rows: Vec<(i64, String, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        let mut stmt =
+            conn.prepare("SELECT id, tenant, body, json_lines, accepted FROM batches ORDER BY id")?;
+        let rows: Vec<(i64, String, Vec<u8>, bool, String)> = stmt
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
             .collect::<Result<_, _>>()?;
         drop(stmt);
         let mut out = Vec::new();
-        for (id, tenant, json) in rows {
-            match serde_json::from_str::<Vec<AuditEvent>>(&json) {
-                Ok(events) => out.push(PendingBatch {
-                    id,
-                    tenant: tenant.into(),
-                    events,
-                }),
-                Err(e) => {
+        for (id, tenant, body, json_lines, accepted) in rows {
+            let decoded = if json_lines {
+                Ok(super::replay::decode_input(&body, max_event_bytes))
+            } else {
+                super::decode::decode_payload(&body, max_event_bytes)
+            };
+            let accepted = serde_json::from_str::<Vec<(String, String)>>(&accepted);
+            match (decoded, accepted) {
+                (Ok(decoded), Ok(accepted)) => {
+                    let mut wanted: std::collections::HashMap<(String, String), usize> =
+                        std::collections::HashMap::new();
+                    for key in accepted {
+                        *wanted.entry(key).or_default() += 1;
+                    }
+                    // Each accepted key as many times as it was accepted: the
+                    // body's duplicates were dropped then, and are now.
+                    let events = decoded
+                        .events
+                        .into_iter()
+                        .filter(
+                            |e| match wanted.get_mut(&(e.audit_id.clone(), e.stage.clone())) {
+                                Some(n) if *n > 0 => {
+                                    *n -= 1;
+                                    true
+                                }
+                                _ => false,
+                            },
+                        )
+                        .collect();
+                    out.push(PendingBatch {
+                        id,
+                        tenant: tenant.into(),
+                        events,
+                    });
+                }
+                (decoded, accepted) => {
+                    let why = match (decoded.err(), accepted.err()) {
+                        (Some(e), _) => e.to_string(),
+                        (_, Some(e)) => e.to_string(),
+                        _ => String::new(),
+                    };
                     metrics::counter!("peregrine_journal_discarded_total").increment(1);
-                    tracing::error!(id, "discarding an unreadable ingest journal entry: {e}");
+                    tracing::error!(id, "discarding an unreadable ingest journal entry: {why}");
                     conn.execute("DELETE FROM batches WHERE id = ?", params![id])?;
                 }
             }
@@ -220,11 +266,16 @@ impl Journal {
 mod tests {
     use super::*;
 
-    fn ev(id: &str) -> AuditEvent {
-        serde_json::from_str(&format!(
-            r#"{{"auditID":"{id}","stage":"ResponseComplete","verb":"create","requestObject":{{"kind":"Pod","spec":{{"hostPID":true}}}}}}"#
-        ))
-        .unwrap()
+    fn ev(id: &str) -> String {
+        format!(
+            r#"{{"kind":"Event","auditID":"{id}","stage":"ResponseComplete","verb":"create","requestObject":{{"kind":"Pod","spec":{{"hostPID":true}}}}}}"#
+        )
+    }
+
+    fn keys(ids: &[&str]) -> Vec<(String, String)> {
+        ids.iter()
+            .map(|i| (i.to_string(), "ResponseComplete".to_string()))
+            .collect()
     }
 
     #[test]
@@ -233,27 +284,50 @@ mod tests {
         let path = dir.path().join("j.sqlite");
         {
             let j = Journal::open(&path).unwrap();
-            let a = j.append("t1", &[ev("a1"), ev("a2")]).unwrap();
-            let b = j.append("t2", &[ev("b1")]).unwrap();
-            let c = j.append("t1", &[ev("c1")]).unwrap();
+            // a2 was a duplicate of an earlier request and b2 was rejected:
+            // only a1 and a3 were accepted from this body.
+            let body = format!(
+                r#"{{"kind":"EventList","items":[{},{},{}]}}"#,
+                ev("a1"),
+                ev("a2"),
+                ev("a3")
+            );
+            j.append("t1", body.as_bytes(), false, &keys(&["a1", "a3"]))
+                .unwrap();
+            let b = j
+                .append("t2", ev("b1").as_bytes(), false, &keys(&["b1"]))
+                .unwrap();
+            let lines = format!("{}\n{}\n", ev("c1"), ev("c2"));
+            j.append("t1", lines.as_bytes(), true, &keys(&["c1", "c2"]))
+                .unwrap();
+            let d = j
+                .append("t1", ev("d1").as_bytes(), false, &keys(&["d1"]))
+                .unwrap();
             j.complete(b);
-            j.discard(c);
+            j.discard(d);
             assert!(matches!(
                 Journal::open(&path),
                 Err(JournalError::Locked { .. })
             ));
-            let _ = a;
         }
         let j = Journal::open(&path).unwrap();
-        let pending = j.pending().unwrap();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(&*pending[0].tenant, "t1");
-        let ids: Vec<_> = pending[0]
-            .events
+        let pending = j.pending(1 << 20).unwrap();
+        let got: Vec<(String, Vec<String>)> = pending
             .iter()
-            .map(|e| e.audit_id.as_str())
+            .map(|p| {
+                (
+                    p.tenant.to_string(),
+                    p.events.iter().map(|e| e.audit_id.clone()).collect(),
+                )
+            })
             .collect();
-        assert_eq!(ids, ["a1", "a2"]);
+        assert_eq!(
+            got,
+            [
+                ("t1".to_string(), vec!["a1".to_string(), "a3".to_string()]),
+                ("t1".to_string(), vec!["c1".to_string(), "c2".to_string()]),
+            ]
+        );
         assert_eq!(
             pending[0].events[0].request_object.as_ref().unwrap().get(),
             r#"{"kind":"Pod","spec":{"hostPID":true}}"#,

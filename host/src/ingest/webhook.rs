@@ -14,10 +14,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::decode::{Rejection, decode_payload};
+use super::journal::Journal;
 use super::replay::decode_input;
 use crate::evaluate::{Batch, QueueError};
 use crate::server::AppState;
 use crate::tenants::AuthError;
+use crate::tenants::Tenant;
+use peregrine_sdk::audit::AuditEvent;
 
 /// What the webhook answers with a 200.
 #[derive(Debug, Serialize)]
@@ -113,16 +116,21 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
         }
     };
 
-    let max_event = app.config.server.max_event_bytes;
-    // Decoding a 12 MiB body takes milliseconds: keep it off the async threads.
-    let decoded = match tokio::task::spawn_blocking(move || match body_kind {
-        BodyKind::Json => decode_payload(&body, max_event),
-        BodyKind::JsonLines => Ok(decode_input(&body, max_event)),
-    })
-    .await
-    {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => return reject_request("bad_payload", StatusCode::BAD_REQUEST, e.to_string()),
+    // Decoding a 12 MiB body takes milliseconds, and the journal writes to
+    // disk: both off the async threads, in one hop.
+    let job = {
+        let (app, tenant) = (app.clone(), tenant.clone());
+        move || accept(&app, &tenant, &body, body_kind)
+    };
+    let Ingested {
+        events,
+        duplicates,
+        rejected,
+        journal,
+        keys,
+    } = match tokio::task::spawn_blocking(job).await {
+        Ok(Ok(i)) => i,
+        Ok(Err(response)) => return *response,
         Err(e) => {
             return error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -130,77 +138,13 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             );
         }
     };
-    for r in &decoded.rejected {
-        metrics::counter!("peregrine_events_rejected_total", "reason" => r.kind).increment(1);
-    }
-
-    let mut events = Vec::with_capacity(decoded.events.len());
-    let mut duplicates = 0;
-    for ev in decoded.events {
-        if app.dedup.seen(&tenant.id, &ev.audit_id, &ev.stage) {
-            duplicates += 1;
-        } else {
-            events.push(ev);
-        }
-    }
-    metrics::counter!("peregrine_events_received_total", "tenant" => tenant.id.to_string())
-        .increment(events.len() as u64);
-    metrics::counter!("peregrine_events_deduplicated_total").increment(duplicates as u64);
-
+    let accepted = events.len();
     let span = tracing::Span::current();
-    span.record("events", events.len());
-    span.record("rejected", decoded.rejected.len());
+    span.record("events", accepted);
+    span.record("rejected", rejected.len());
     span.record("duplicates", duplicates);
 
-    let accepted = events.len();
-    if let Err(retry_after) = tenant.admit(accepted) {
-        app.dedup.forget(
-            &tenant.id,
-            events
-                .iter()
-                .map(|e| (e.audit_id.as_str(), e.stage.as_str())),
-        );
-        metrics::counter!("peregrine_requests_rejected_total", "reason" => "tenant_rate")
-            .increment(1);
-        return too_many(
-            retry_after,
-            format!("tenant `{}` is over its events-per-second quota", tenant.id),
-        );
-    }
     if accepted > 0 {
-        let keys: Vec<(String, String)> = events
-            .iter()
-            .map(|e| (e.audit_id.clone(), e.stage.clone()))
-            .collect();
-        // On disk before the answer: an acknowledged event survives a crash.
-        let (journal, events) = match app.journal.clone() {
-            Some(journal) => {
-                let tenant_id = tenant.id.clone();
-                let appended = tokio::task::spawn_blocking(move || {
-                    let id = journal.append(&tenant_id, &events);
-                    (journal, id, events)
-                })
-                .await;
-                match appended {
-                    Ok((journal, Ok(id), events)) => (Some((journal, id)), events),
-                    Ok((_, Err(e), _)) => {
-                        app.dedup.forget(
-                            &tenant.id,
-                            keys.iter().map(|(a, s)| (a.as_str(), s.as_str())),
-                        );
-                        tracing::error!("cannot journal accepted events: {e}");
-                        return error_response(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "cannot write the ingest journal; retry later",
-                        );
-                    }
-                    Err(e) => {
-                        return error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-                    }
-                }
-            }
-            None => (None, events),
-        };
         let batch = Batch {
             tenant: tenant.id.clone(),
             events,
@@ -239,10 +183,106 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
         axum::Json(IngestSummary {
             accepted,
             duplicates,
-            rejected: decoded.rejected,
+            rejected,
         }),
     )
         .into_response()
+}
+
+/// What a request brought, once decoded, deduplicated and journalled.
+struct Ingested {
+    events: Vec<AuditEvent>,
+    duplicates: usize,
+    rejected: Vec<Rejection>,
+    journal: Option<(Arc<Journal>, i64)>,
+    /// (auditID, stage) of `events`, to forget them if they are not queued.
+    keys: Vec<(String, String)>,
+}
+
+/// Decodes the body, drops duplicates, takes the tenant's rate budget and
+/// writes the accepted events to the journal; or the answer to give.
+fn accept(
+    app: &AppState,
+    tenant: &Tenant,
+    body: &[u8],
+    body_kind: BodyKind,
+) -> Result<Ingested, Box<Response>> {
+    let max_event = app.config.server.max_event_bytes;
+    let decoded = match body_kind {
+        BodyKind::Json => decode_payload(body, max_event),
+        BodyKind::JsonLines => Ok(decode_input(body, max_event)),
+    }
+    .map_err(|e| {
+        Box::new(reject_request(
+            "bad_payload",
+            StatusCode::BAD_REQUEST,
+            e.to_string(),
+        ))
+    })?;
+    for r in &decoded.rejected {
+        metrics::counter!("peregrine_events_rejected_total", "reason" => r.kind).increment(1);
+    }
+
+    let mut events = Vec::with_capacity(decoded.events.len());
+    let mut duplicates = 0;
+    for ev in decoded.events {
+        if app.dedup.seen(&tenant.id, &ev.audit_id, &ev.stage) {
+            duplicates += 1;
+        } else {
+            events.push(ev);
+        }
+    }
+    metrics::counter!("peregrine_events_received_total", "tenant" => tenant.id.to_string())
+        .increment(events.len() as u64);
+    metrics::counter!("peregrine_events_deduplicated_total").increment(duplicates as u64);
+    let keys: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e.audit_id.clone(), e.stage.clone()))
+        .collect();
+    let forget = || {
+        app.dedup.forget(
+            &tenant.id,
+            keys.iter().map(|(a, s)| (a.as_str(), s.as_str())),
+        )
+    };
+
+    if let Err(retry_after) = tenant.admit(events.len()) {
+        forget();
+        metrics::counter!("peregrine_requests_rejected_total", "reason" => "tenant_rate")
+            .increment(1);
+        return Err(Box::new(too_many(
+            retry_after,
+            format!("tenant `{}` is over its events-per-second quota", tenant.id),
+        )));
+    }
+
+    // On disk before the answer: an acknowledged event survives a crash.
+    // The body is stored as it came, with the keys of the events accepted
+    // from it, rather than the events re-encoded.
+    let journal = match (&app.journal, events.is_empty()) {
+        (Some(journal), false) => {
+            let json_lines = matches!(body_kind, BodyKind::JsonLines);
+            match journal.append(&tenant.id, body, json_lines, &keys) {
+                Ok(id) => Some((journal.clone(), id)),
+                Err(e) => {
+                    forget();
+                    tracing::error!("cannot journal accepted events: {e}");
+                    return Err(Box::new(error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot write the ingest journal; retry later",
+                    )));
+                }
+            }
+        }
+        _ => None,
+    };
+    Ok(Ingested {
+        events,
+        duplicates,
+        rejected: decoded.rejected,
+        journal,
+        keys,
+    })
 }
 
 fn too_many(retry_after_secs: u64, message: String) -> Response {
@@ -255,7 +295,7 @@ fn too_many(retry_after_secs: u64, message: String) -> Response {
 }
 
 #[derive(Clone, Copy)]
-enum BodyKind {
+pub(crate) enum BodyKind {
     /// One JSON document, as the apiserver sends.
     Json,
     /// JSON lines, as audit log files are written.
