@@ -100,10 +100,10 @@ fn acknowledged_events_are_evaluated_after_a_kill() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\njournal = {{ path = \"{journal}\" }}\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\njournal = {{ dir = \"{journal}\" }}\n\n\
              [engine]\nworkers = 1\ncache_dir = \"{cache}\"\n\n[sandbox]\ncall_deadline_ms = 300\n\n\
              [rules]\ndirs = [\"{rules}\"]\n\n[store]\nenabled = false\n",
-            journal = work.path().join("journal.sqlite").display(),
+            journal = work.path().join("journal").display(),
             cache = root().join("target/test-compile-cache").display(),
             rules = rules.display(),
         ),

@@ -171,7 +171,7 @@ async fn spooled_alerts_survive_a_killed_peregrine() {
             r#"
 [server]
 listen = "127.0.0.1:0"
-journal = {{ path = "{journal}" }}
+journal = {{ dir = "{journal}" }}
 
 [engine]
 workers = 2
@@ -197,7 +197,7 @@ default_outputs = ["hook"]
             cache = cache.display(),
             rules = rules.display(),
             spool = work.path().join("spool").display(),
-            journal = work.path().join("journal.sqlite").display(),
+            journal = work.path().join("journal").display(),
         ),
     )
     .unwrap();

@@ -57,12 +57,12 @@ impl Server {
         // journal stops here, before it does any work.
         let journal = match (
             config.server.journal.enabled,
-            config.server.journal.resolved_path(),
+            config.server.journal.resolved_dir(),
         ) {
             (true, Some(path)) => Some(Journal::open(&path)?),
             (true, None) => {
                 tracing::warn!(
-                    "no place for the ingest journal (set server.journal.path, HOME or XDG_DATA_HOME); \
+                    "no place for the ingest journal (set server.journal.dir, HOME or XDG_DATA_HOME); \
                      events queued at a crash would be lost"
                 );
                 None

@@ -1,79 +1,90 @@
 //! The ingest journal: acknowledged events survive a crash.
 //!
-//! The webhook writes every accepted batch to an embedded SQLite journal
-//! before it answers 200, and the worker deletes the entry once the batch is
-//! evaluated and its alerts are handed to the outputs. At start, entries
-//! still in the journal (the process died with them queued) are evaluated
-//! before new traffic is taken. A batch evaluated just before a crash may be
-//! evaluated again: at least once, never lost.
+//! Before the webhook answers 200, it writes the request body, with the
+//! (auditID, stage) of the events it accepted from it, to a file of its own
+//! in the journal directory; the worker removes the file once the batch is
+//! evaluated and its alerts are handed to the outputs. At start, the files
+//! left by a killed process are decoded again and their accepted events
+//! evaluated before new traffic is taken. A batch evaluated just before a
+//! crash may be evaluated again: at least once, never lost.
 //!
-//! The journal runs in WAL mode with `synchronous = NORMAL`: a commit survives
-//! the process being killed (it is in the operating system's cache) without
-//! an fsync on every request; a power loss can take the last moments.
+//! One file per request keeps the hot path to a write and a rename, with no
+//! compaction to stall it; there are never more files than batches in the
+//! queue. Files are not fsynced: they survive the process being killed (the
+//! data is in the operating system's cache), not a power loss of the node.
 
+use std::fs::{self, File};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use peregrine_sdk::audit::AuditEvent;
-use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
+
+const MAGIC: &[u8] = b"peregrine-journal 1\n";
+const EXTENSION: &str = "batch";
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalConfig {
     /// Keep acknowledged events on disk until they are evaluated.
     pub enabled: bool,
-    /// Journal file. Default: `$XDG_DATA_HOME/peregrine/ingest-journal.sqlite`
-    /// or `~/.local/share/peregrine/ingest-journal.sqlite`.
-    pub path: Option<PathBuf>,
+    /// Journal directory. Default: `$XDG_DATA_HOME/peregrine/journal` or
+    /// `~/.local/share/peregrine/journal`.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
             enabled: true,
-            path: None,
+            dir: None,
         }
     }
 }
 
 impl JournalConfig {
-    pub fn resolved_path(&self) -> Option<PathBuf> {
-        if let Some(p) = &self.path {
+    pub fn resolved_dir(&self) -> Option<PathBuf> {
+        if let Some(p) = &self.dir {
             return Some(p.clone());
         }
         let base = std::env::var_os("XDG_DATA_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))?;
-        Some(base.join("peregrine/ingest-journal.sqlite"))
+        Some(base.join("peregrine/journal"))
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("ingest journal {path}: {source}")]
-    Open {
+    Io {
         path: PathBuf,
-        source: rusqlite::Error,
+        source: std::io::Error,
     },
     #[error(
         "ingest journal {path} is in use by another process (is another peregrine serve running?)"
     )]
     Locked { path: PathBuf },
-    #[error("ingest journal: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("ingest journal: {0}")]
-    Encode(#[from] serde_json::Error),
+}
+
+/// The header of a journal file; the request body follows it.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    tenant: String,
+    json_lines: bool,
+    accepted: Vec<(String, String)>,
 }
 
 /// A batch's place in the journal; completing it removes the batch.
 pub struct JournalEntry {
     journal: Arc<Journal>,
-    id: i64,
+    id: u64,
 }
 
 impl JournalEntry {
-    pub fn new(journal: Arc<Journal>, id: i64) -> Self {
+    pub fn new(journal: Arc<Journal>, id: u64) -> Self {
         JournalEntry { journal, id }
     }
 
@@ -81,81 +92,76 @@ impl JournalEntry {
     pub fn complete(self) {
         self.journal.complete(self.id);
     }
-
-    /// The batch was not queued after all.
-    pub fn discard(self) {
-        self.journal.discard(self.id);
-    }
 }
 
 /// A batch found in the journal at start.
 pub struct PendingBatch {
-    pub id: i64,
+    pub id: u64,
     pub tenant: Arc<str>,
     pub events: Vec<AuditEvent>,
 }
 
 pub struct Journal {
-    conn: Mutex<Connection>,
-    path: PathBuf,
+    dir: PathBuf,
+    next: AtomicU64,
+    /// Held for the life of the journal: one process per directory, or two
+    /// would evaluate the same batches.
+    _lock: File,
 }
 
 impl Journal {
-    /// Opens (or creates) the journal and locks it for this process.
-    pub fn open(path: &Path) -> Result<Arc<Self>, JournalError> {
-        let err = |source: rusqlite::Error| match source {
-            rusqlite::Error::SqliteFailure(f, _)
-                if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
-            {
-                JournalError::Locked {
-                    path: path.to_path_buf(),
-                }
-            }
-            source => JournalError::Open {
-                path: path.to_path_buf(),
-                source,
-            },
+    /// Opens (or creates) the journal directory and locks it for this process.
+    pub fn open(dir: &Path) -> Result<Arc<Self>, JournalError> {
+        let io = |source| JournalError::Io {
+            path: dir.to_path_buf(),
+            source,
         };
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        fs::create_dir_all(dir).map_err(io)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(JournalError::Locked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(e)),
         }
-        let conn = Connection::open(path).map_err(err)?;
-        // Another process holding the journal is an answer, not something to wait for.
-        conn.busy_timeout(std::time::Duration::from_millis(100))
-            .map_err(err)?;
-        // Two processes evaluating one journal would evaluate its batches
-        // twice: the first to open it keeps it.
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(err)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS batches (
-                id INTEGER PRIMARY KEY AUTOINCREMENT,
-                tenant TEXT NOT NULL,
-                body BLOB NOT NULL,
-                json_lines INTEGER NOT NULL,
-                accepted TEXT NOT NULL
-             );",
-        )
-        .map_err(err)?;
+        let mut last = 0;
+        for entry in fs::read_dir(dir).map_err(io)? {
+            let path = entry.map_err(io)?.path();
+            match path.extension().and_then(|e| e.to_str()) {
+                // A write the process did not finish: never acknowledged.
+                Some("tmp") => {
+                    let _ = fs::remove_file(&path);
+                }
+                Some(EXTENSION) => {
+                    if let Some(id) = file_id(&path) {
+                        last = last.max(id);
+                    }
+                }
+                _ => {}
+            }
+        }
         Ok(Arc::new(Journal {
-            conn: Mutex::new(conn),
-            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+            next: AtomicU64::new(last + 1),
+            _lock: lock,
         }))
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    fn file(&self, id: u64, extension: &str) -> PathBuf {
+        // Zero-padded, so names sort in the order batches were accepted.
+        self.dir.join(format!("{id:020}.{extension}"))
     }
 
     /// Records a request body about to be acknowledged, with the (auditID,
@@ -166,24 +172,35 @@ impl Journal {
         body: &[u8],
         json_lines: bool,
         accepted: &[(String, String)],
-    ) -> Result<i64, JournalError> {
-        let accepted = serde_json::to_string(accepted)?;
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO batches (tenant, body, json_lines, accepted) VALUES (?, ?, ?, ?)",
-            params![tenant, body, json_lines, accepted],
-        )?;
-        Ok(conn.last_insert_rowid())
+    ) -> Result<u64, JournalError> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tmp, done) = (self.file(id, "tmp"), self.file(id, EXTENSION));
+        let io = |source| JournalError::Io {
+            path: tmp.clone(),
+            source,
+        };
+        let header = serde_json::to_vec(&Header {
+            tenant: tenant.to_string(),
+            json_lines,
+            accepted: accepted.to_vec(),
+        })
+        .map_err(|e| io(e.into()))?;
+        let mut f = File::create(&tmp).map_err(io)?;
+        f.write_all(MAGIC).map_err(io)?;
+        f.write_all(&header).map_err(io)?;
+        f.write_all(b"\n").map_err(io)?;
+        f.write_all(body).map_err(io)?;
+        drop(f);
+        // Only whole files carry the batch's name.
+        fs::rename(&tmp, &done).map_err(io)?;
+        Ok(id)
     }
 
-    /// The batch is evaluated and its alerts handed on.
-    pub fn complete(&self, id: i64) {
-        if let Err(e) = self
-            .conn()
-            .execute("DELETE FROM batches WHERE id = ?", params![id])
-        {
-            // The batch stays in the journal and is evaluated again at the
-            // next start: a duplicate, not a loss.
+    /// The batch is evaluated and its alerts handed on, or was never queued.
+    pub fn complete(&self, id: u64) {
+        if let Err(e) = fs::remove_file(self.file(id, EXTENSION)) {
+            // The batch stays and is evaluated again at the next start: a
+            // duplicate, not a loss.
             tracing::error!(
                 id,
                 "cannot remove an evaluated batch from the ingest journal: {e}"
@@ -191,75 +208,79 @@ impl Journal {
         }
     }
 
-    /// Forgets a batch that was journalled but could not be queued (the
-    /// webhook answers 429, and the apiserver sends it again).
-    pub fn discard(&self, id: i64) {
-        self.complete(id);
-    }
-
     /// Batches left by a previous process, oldest first: each body decoded
     /// again, keeping the events that were accepted from it. Unreadable
-    /// entries are logged, counted and removed, so they cannot block the start.
+    /// files are logged, counted and removed, so they cannot block a start.
     pub fn pending(&self, max_event_bytes: usize) -> Result<Vec<PendingBatch>, JournalError> {
-        let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT id, tenant, body, json_lines, accepted FROM batches ORDER BY id")?;
-        let rows: Vec<(i64, String, Vec<u8>, bool, String)> = stmt
-            .query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        drop(stmt);
+        let io = |source| JournalError::Io {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut files: Vec<(u64, PathBuf)> = fs::read_dir(&self.dir)
+            .map_err(io)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == EXTENSION))
+            .filter_map(|p| file_id(&p).map(|id| (id, p)))
+            .collect();
+        files.sort();
         let mut out = Vec::new();
-        for (id, tenant, body, json_lines, accepted) in rows {
-            let decoded = if json_lines {
-                Ok(super::replay::decode_input(&body, max_event_bytes))
-            } else {
-                super::decode::decode_payload(&body, max_event_bytes)
-            };
-            let accepted = serde_json::from_str::<Vec<(String, String)>>(&accepted);
-            match (decoded, accepted) {
-                (Ok(decoded), Ok(accepted)) => {
-                    let mut wanted: std::collections::HashMap<(String, String), usize> =
-                        std::collections::HashMap::new();
-                    for key in accepted {
-                        *wanted.entry(key).or_default() += 1;
-                    }
-                    // Each accepted key as many times as it was accepted: the
-                    // body's duplicates were dropped then, and are now.
-                    let events = decoded
-                        .events
-                        .into_iter()
-                        .filter(
-                            |e| match wanted.get_mut(&(e.audit_id.clone(), e.stage.clone())) {
-                                Some(n) if *n > 0 => {
-                                    *n -= 1;
-                                    true
-                                }
-                                _ => false,
-                            },
-                        )
-                        .collect();
-                    out.push(PendingBatch {
-                        id,
-                        tenant: tenant.into(),
-                        events,
-                    });
-                }
-                (decoded, accepted) => {
-                    let why = match (decoded.err(), accepted.err()) {
-                        (Some(e), _) => e.to_string(),
-                        (_, Some(e)) => e.to_string(),
-                        _ => String::new(),
-                    };
+        for (id, path) in files {
+            match read_batch(&path, max_event_bytes) {
+                Ok((tenant, events)) => out.push(PendingBatch {
+                    id,
+                    tenant: tenant.into(),
+                    events,
+                }),
+                Err(why) => {
                     metrics::counter!("peregrine_journal_discarded_total").increment(1);
-                    tracing::error!(id, "discarding an unreadable ingest journal entry: {why}");
-                    conn.execute("DELETE FROM batches WHERE id = ?", params![id])?;
+                    tracing::error!(file = %path.display(), "discarding an unreadable ingest journal file: {why}");
+                    let _ = fs::remove_file(&path);
                 }
             }
         }
         Ok(out)
     }
+}
+
+fn file_id(path: &Path) -> Option<u64> {
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+fn read_batch(path: &Path, max_event_bytes: usize) -> Result<(String, Vec<AuditEvent>), String> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| e.to_string())?;
+    let rest = bytes.strip_prefix(MAGIC).ok_or("not a journal file")?;
+    let newline = rest.iter().position(|b| *b == b'\n').ok_or("no header")?;
+    let header: Header = serde_json::from_slice(&rest[..newline]).map_err(|e| e.to_string())?;
+    let body = &rest[newline + 1..];
+    let decoded = if header.json_lines {
+        super::replay::decode_input(body, max_event_bytes)
+    } else {
+        super::decode::decode_payload(body, max_event_bytes).map_err(|e| e.to_string())?
+    };
+    // Each accepted key as many times as it was accepted: the body's
+    // duplicates and rejected items were left out then, and are now.
+    let mut wanted: std::collections::HashMap<(String, String), usize> =
+        std::collections::HashMap::new();
+    for key in header.accepted {
+        *wanted.entry(key).or_default() += 1;
+    }
+    let events = decoded
+        .events
+        .into_iter()
+        .filter(
+            |e| match wanted.get_mut(&(e.audit_id.clone(), e.stage.clone())) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            },
+        )
+        .collect();
+    Ok((header.tenant, events))
 }
 
 #[cfg(test)]
@@ -281,11 +302,11 @@ mod tests {
     #[test]
     fn batches_survive_until_completed_and_a_second_process_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.sqlite");
+        let path = dir.path().join("journal");
         {
             let j = Journal::open(&path).unwrap();
-            // a2 was a duplicate of an earlier request and b2 was rejected:
-            // only a1 and a3 were accepted from this body.
+            // a2 was a duplicate of an earlier request and was not
+            // accepted: only a1 and a3 were.
             let body = format!(
                 r#"{{"kind":"EventList","items":[{},{},{}]}}"#,
                 ev("a1"),
@@ -300,17 +321,17 @@ mod tests {
             let lines = format!("{}\n{}\n", ev("c1"), ev("c2"));
             j.append("t1", lines.as_bytes(), true, &keys(&["c1", "c2"]))
                 .unwrap();
-            let d = j
-                .append("t1", ev("d1").as_bytes(), false, &keys(&["d1"]))
-                .unwrap();
             j.complete(b);
-            j.discard(d);
             assert!(matches!(
                 Journal::open(&path),
                 Err(JournalError::Locked { .. })
             ));
+            // A write cut off by a crash, and a damaged file.
+            fs::write(path.join("00000000000000000099.tmp"), b"half").unwrap();
+            fs::write(path.join("00000000000000000098.batch"), b"garbage").unwrap();
         }
         let j = Journal::open(&path).unwrap();
+        assert!(!path.join("00000000000000000099.tmp").exists());
         let pending = j.pending(1 << 20).unwrap();
         let got: Vec<(String, Vec<String>)> = pending
             .iter()
@@ -328,10 +349,19 @@ mod tests {
                 ("t1".to_string(), vec!["c1".to_string(), "c2".to_string()]),
             ]
         );
+        assert!(
+            !path.join("00000000000000000098.batch").exists(),
+            "the damaged file is removed"
+        );
         assert_eq!(
             pending[0].events[0].request_object.as_ref().unwrap().get(),
             r#"{"kind":"Pod","spec":{"hostPID":true}}"#,
             "raw objects survive byte for byte"
         );
+        // New ids continue after the ones found, keeping the order.
+        let next = j
+            .append("t1", ev("e1").as_bytes(), false, &keys(&["e1"]))
+            .unwrap();
+        assert!(next > 98);
     }
 }

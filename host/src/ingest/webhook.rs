@@ -158,7 +158,7 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             .push(batch, tenant.queue_share(app.queue.capacity()))
         {
             if let Some((j, id)) = journal {
-                j.discard(id);
+                j.complete(id);
             }
             // Not queued, so not acknowledged: the apiserver will resend, and
             // the resent events must not be dropped as duplicates.
@@ -194,7 +194,7 @@ struct Ingested {
     events: Vec<AuditEvent>,
     duplicates: usize,
     rejected: Vec<Rejection>,
-    journal: Option<(Arc<Journal>, i64)>,
+    journal: Option<(Arc<Journal>, u64)>,
     /// (auditID, stage) of `events`, to forget them if they are not queued.
     keys: Vec<(String, String)>,
 }

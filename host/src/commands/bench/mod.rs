@@ -153,7 +153,7 @@ impl BenchEnv {
         // The HTTP figures keep alert history as `peregrine serve` does by
         // default, in this run's scratch directory, not the user's store.
         c.store.path = Some(self.scratch.path().join("alerts.sqlite"));
-        c.server.journal.path = Some(self.scratch.path().join("ingest-journal.sqlite"));
+        c.server.journal.dir = Some(self.scratch.path().join("journal"));
         c
     }
 
