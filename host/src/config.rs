@@ -115,10 +115,7 @@ impl EngineConfig {
         if let Some(dir) = std::env::var_os("PEREGRINE_CACHE_DIR") {
             return Some(PathBuf::from(dir));
         }
-        let base = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
-        Some(base.join("peregrine"))
+        Some(xdg_dir("XDG_CACHE_HOME", ".cache")?.join("peregrine"))
     }
 }
 
@@ -226,6 +223,14 @@ pub struct OutputConfig {
     /// Format of alerts printed on stdout (the built-in `stdout` output and
     /// `peregrine replay`).
     pub format: AlertFormat,
+}
+
+/// A per-user base directory: `$var` if set (the XDG base directory
+/// variables), else `$HOME/<fallback>`; `None` when neither is set.
+pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(fallback)))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -15,7 +15,7 @@ pub mod stdout;
 pub mod syslog;
 pub mod webhook;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -153,10 +153,7 @@ impl DeliveryConfig {
         if let Some(dir) = std::env::var_os("PEREGRINE_SPOOL_DIR") {
             return Some(PathBuf::from(dir));
         }
-        let base = std::env::var_os("XDG_STATE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))?;
-        Some(base.join("peregrine/spool"))
+        Some(crate::config::xdg_dir("XDG_STATE_HOME", ".local/state")?.join("peregrine/spool"))
     }
 }
 

@@ -42,10 +42,10 @@ impl StoreConfig {
         if let Some(p) = &self.path {
             return Some(p.clone());
         }
-        let base = std::env::var_os("XDG_DATA_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))?;
-        Some(base.join("peregrine/alerts.sqlite"))
+        Some(
+            crate::config::xdg_dir("XDG_DATA_HOME", ".local/share")?
+                .join("peregrine/alerts.sqlite"),
+        )
     }
 }
 
