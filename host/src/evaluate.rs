@@ -19,6 +19,14 @@ use crate::rules::{LoadedModule, RuleSet, StateStore};
 /// longer called until a new version is loaded.
 pub const QUARANTINE_AFTER: u64 = 20;
 
+/// A rule's share of one batch's work.
+#[derive(Default)]
+struct RuleTally {
+    evaluations: u64,
+    errors: u64,
+    nanos: f64,
+}
+
 /// Events of one tenant, evaluated together with one instance per module.
 pub struct Batch {
     pub tenant: Arc<str>,
@@ -254,15 +262,19 @@ impl Evaluator {
         per_event: &mut [Vec<Alert>],
     ) {
         let mut instance: Option<ModuleInstance> = None;
-        let mut admitted_per_rule: HashMap<&str, u64> = HashMap::new();
+        // Per rule over this batch: events admitted, failed calls, and call
+        // time. One call evaluates every rule of the module, so a call's time
+        // is shared equally among the rules whose prefilter admitted the event.
+        let mut tally: HashMap<&str, RuleTally> = HashMap::new();
+        let mut admitted: Vec<&str> = Vec::new();
         for (i, ev) in events.iter().enumerate() {
-            let mut admitted = false;
-            for r in module.admitting_rules(ev) {
-                admitted = true;
-                *admitted_per_rule.entry(r.id.as_str()).or_default() += 1;
-            }
-            if !admitted {
+            admitted.clear();
+            admitted.extend(module.admitting_rules(ev).map(|r| r.id.as_str()));
+            if admitted.is_empty() {
                 continue;
+            }
+            for id in &admitted {
+                tally.entry(id).or_default().evaluations += 1;
             }
             if module.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER {
                 break;
@@ -272,6 +284,9 @@ impl Evaluator {
                 None => match self.fresh_instance(module, tenant) {
                     Ok(inst) => instance.insert(inst),
                     Err(e) => {
+                        for id in &admitted {
+                            tally.entry(id).or_default().errors += 1;
+                        }
                         per_event[i].push(self.rule_error(module, tenant, ev, &e));
                         continue;
                     }
@@ -285,6 +300,12 @@ impl Evaluator {
             module.stats.eval_nanos.fetch_add(nanos, Ordering::Relaxed);
             metrics::histogram!("peregrine_rule_eval_seconds", "module" => module.key.clone())
                 .record(nanos as f64 / 1e9);
+            let share = nanos as f64 / admitted.len() as f64;
+            for id in &admitted {
+                let t = tally.entry(id).or_default();
+                t.nanos += share;
+                t.errors += u64::from(result.is_err());
+            }
             match result {
                 Ok(alerts) => {
                     module.stats.consecutive_errors.store(0, Ordering::Relaxed);
@@ -297,12 +318,15 @@ impl Evaluator {
                 }
             }
         }
-        if !admitted_per_rule.is_empty() {
+        if !tally.is_empty() {
             let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
-            for (id, n) in admitted_per_rule {
+            for (id, t) in tally {
                 metrics::counter!("peregrine_rule_evaluations_total", "module" => module.key.clone(), "rule" => id.to_string())
-                    .increment(n);
-                rules.entry(id.to_string()).or_default().evaluations += n;
+                    .increment(t.evaluations);
+                let c = rules.entry(id.to_string()).or_default();
+                c.evaluations += t.evaluations;
+                c.errors += t.errors;
+                c.eval_nanos += t.nanos as u64;
             }
         }
     }

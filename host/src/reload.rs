@@ -83,6 +83,12 @@ pub struct RuleReport {
     /// Events its prefilter admitted (the module was called for them).
     pub evaluations: u64,
     pub alerts: u64,
+    /// Failed calls for events its prefilter admitted.
+    pub errors: u64,
+    /// Its mean share of call time per admitted event: a call evaluates all
+    /// of a module's rules at once, so each call's time is shared equally
+    /// among the rules its event was admitted for.
+    pub mean_eval_micros: Option<f64>,
 }
 
 /// Owns the live rule set and the status of every module file.
@@ -352,6 +358,9 @@ impl RuleManager {
                                 tags: r.tags.clone(),
                                 evaluations: c.evaluations,
                                 alerts: c.alerts,
+                                errors: c.errors,
+                                mean_eval_micros: (c.evaluations > 0)
+                                    .then(|| c.eval_nanos as f64 / c.evaluations as f64 / 1_000.0),
                             }
                         })
                         .collect()

@@ -215,6 +215,13 @@ async fn rules_api_reports_modules_and_per_rule_counters() {
         .unwrap();
     assert_eq!(privileged["alerts"], 1);
     assert_eq!(privileged["evaluations"], 1);
+    assert_eq!(privileged["errors"], 0);
+    // Its share of the one call: the call's time over the rules admitted.
+    let share = privileged["mean_eval_micros"].as_f64().unwrap();
+    assert!(
+        share > 0.0 && share <= m["mean_eval_micros"].as_f64().unwrap(),
+        "{privileged}"
+    );
     assert_eq!(privileged["priority"], "Warning");
     let off = rules_list
         .iter()

@@ -111,6 +111,13 @@ async fn misbehaving_modules_fail_alone() {
             _ => 1,
         };
         assert_eq!(m["errors"], expected_errors, "{m}");
+        // Per rule, failed calls; the undeclared rule id belongs to no rule.
+        let rule_errors = if m["key"] == "fixture_huge_output" {
+            1
+        } else {
+            expected_errors
+        };
+        assert_eq!(m["rules"][0]["errors"], rule_errors, "{m}");
     }
 
     // A fresh instance after the traps: the modules work for the next event.

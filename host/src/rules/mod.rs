@@ -138,6 +138,13 @@ pub struct ModuleStats {
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
 pub struct RuleCounters {
+    /// Events the rule's prefilter admitted.
     pub evaluations: u64,
     pub alerts: u64,
+    /// Failed calls (trap, timeout, out of memory, bad output) for events the
+    /// rule's prefilter admitted.
+    pub errors: u64,
+    /// The rule's share of call time: each call's time divided equally among
+    /// the rules whose prefilter admitted the event.
+    pub eval_nanos: u64,
 }
