@@ -317,10 +317,18 @@ impl OutputHandle {
     /// Waits (blocking) until both tasks ended or `deadline` passed. The
     /// tasks hold the channel's senders, so it disconnects when both ended.
     pub(crate) fn wait(&self, deadline: Instant) -> bool {
-        matches!(
+        let stopped = matches!(
             self.done.recv_deadline(deadline),
             Err(crossbeam_channel::RecvTimeoutError::Disconnected)
-        )
+        );
+        if stopped {
+            // Close the spool now rather than when the last handle is
+            // dropped, so a process starting next on the same directory
+            // finds it free.
+            *self.shared.store.lock().unwrap_or_else(|p| p.into_inner()) =
+                Store::Memory(super::spool::MemoryStore::new(1));
+        }
+        stopped
     }
 }
 
