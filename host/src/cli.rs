@@ -49,6 +49,13 @@ pub enum Command {
     /// one alert per line on stdout and a summary on stderr. Exits 1 if some
     /// input could not be read or held data that is not audit events.
     Replay(ReplayArgs),
+    /// Check a configuration and the rule modules it loads, without serving:
+    /// the config file parses and validates, the tenants and outputs are
+    /// consistent, and every module compiles, accepts its configuration and
+    /// describes valid rules. Prints each module and its rules; exits 1 on
+    /// the first kind of problem found, with what to fix. For CI pipelines
+    /// of rule authors and before a deployment.
+    Check(CheckArgs),
     /// Measure Peregrine: engine throughput (the Falco pack as Wasm against
     /// the same code compiled natively), the HTTP path, hot-reload
     /// edit-to-live times, cold start, peak memory, and a peer engine
@@ -102,6 +109,22 @@ pub struct ServeArgs {
     /// Do not watch the rules directories for changes.
     #[arg(long)]
     pub no_watch: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Directory of `.wasm` rule modules; repeat for several. Default: the
+    /// config's `rules.dirs`, else the example rules built by `make rules`.
+    #[arg(long = "rules", value_name = "DIR")]
+    pub rules: Vec<PathBuf>,
+
+    /// Configuration file (TOML). Without one, embedded defaults are checked.
+    #[arg(long, short = 'c', value_name = "FILE", env = "PEREGRINE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Also list every rule of every module.
+    #[arg(long)]
+    pub rules_detail: bool,
 }
 
 #[derive(Debug, Args)]

@@ -259,3 +259,37 @@ fn bad_configuration_and_paths_get_clear_errors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("/no/such/dir"), "{}", stderr(&out));
 }
+
+#[test]
+fn check_reports_each_module_and_fails_on_a_bad_one() {
+    let out = run(&["check", "--rules-detail"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("config: embedded defaults: ok"), "{text}");
+    assert!(
+        text.contains("module falco_k8s_audit (global): ok: falco-k8s-audit")
+            && text.contains("43/48 rules enabled"),
+        "{text}"
+    );
+    assert!(
+        text.contains("off      Warning       Create Disallowed Pod (create-disallowed-pod)"),
+        "{text}"
+    );
+
+    let fixtures = root().join("tests/build/fixture-rules");
+    let out = run(&["check", "--rules", fixtures.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("module fixture_bad_metadata (global): FAILED: invalid metadata: rule id `dup` is declared twice"),
+        "{text}"
+    );
+    assert!(text.contains("module fixture_echo (global): ok"), "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("routes.toml");
+    std::fs::write(&config, "[[routes]]\noutputs = [\"nowhere\"]\n").unwrap();
+    let out = run(&["check", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
+}

@@ -1,6 +1,7 @@
 //! The subcommands.
 
 pub mod bench;
+pub mod check;
 pub mod replay;
 pub mod serve;
 
@@ -48,6 +49,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Replay(args) => replay::run(args),
+        Command::Check(args) => check::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchRss(args) => bench::rss::child(args),
     }

@@ -1,0 +1,101 @@
+//! `peregrine check`
+
+use std::sync::Arc;
+
+use crate::cli::{CheckArgs, RuleArgs};
+use crate::evaluate::AlertSink;
+use crate::pipeline::{Pipeline, rules_dirs};
+use crate::reload::ModuleStatus;
+use crate::tenants::Tenants;
+
+/// Modules loaded by `check` raise no alerts; the pipeline still wants a sink.
+struct Nowhere;
+
+impl AlertSink for Nowhere {
+    fn submit(&self, _alerts: Vec<crate::alert::Alert>) {}
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
+    let rule_args = RuleArgs {
+        rules: args.rules.clone(),
+        config: args.config.clone(),
+        rule_matching: None,
+        format: None,
+        workers: Some(1),
+    };
+    let config = super::load_config(&rule_args)?;
+    let source = args.config.as_ref().map_or_else(
+        || "embedded defaults".to_string(),
+        |p| p.display().to_string(),
+    );
+
+    // Everything `serve` would refuse at start, without opening its spools
+    // or journal (a running server may hold them).
+    Tenants::from_config(&config.auth, &config.tenants)?;
+    crate::router::validate(&config).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    if let Some(tls) = &config.server.tls {
+        tls.acceptor()?;
+    }
+    println!(
+        "config: {source}: ok ({} tenant(s), {} route(s), {} output(s))",
+        config.tenants.len().max(1),
+        config.routes.len(),
+        config.outputs.len(),
+    );
+
+    let config = Arc::new(config);
+    let dirs = rules_dirs(&config, &args.rules)?;
+    let pipeline = Pipeline::start(config, dirs, Arc::new(Nowhere), false)?;
+    let report = pipeline.rules.report();
+    let mut failed = 0;
+    for m in &report {
+        match m.status {
+            ModuleStatus::Failed => {
+                failed += 1;
+                println!(
+                    "module {} ({}): FAILED: {}",
+                    m.key,
+                    m.scope,
+                    m.last_error.as_deref().unwrap_or("unknown error")
+                );
+            }
+            _ => {
+                let enabled = m.rules.iter().filter(|r| r.enabled).count();
+                println!(
+                    "module {} ({}): ok: {} {}, {enabled}/{} rules enabled, sha256 {}",
+                    m.key,
+                    m.scope,
+                    m.name.as_deref().unwrap_or(""),
+                    m.version.as_deref().unwrap_or(""),
+                    m.rules.len(),
+                    m.digest.as_deref().map_or("", |d| &d[..12]),
+                );
+                if args.rules_detail {
+                    for r in &m.rules {
+                        println!(
+                            "  {:<8} {:<13} {} ({}){}",
+                            if r.enabled { "enabled" } else { "off" },
+                            r.priority,
+                            r.name,
+                            r.id,
+                            if r.tags.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" [{}]", r.tags.join(","))
+                            }
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if report.is_empty() {
+        println!("no rule modules found");
+        return Ok(1);
+    }
+    if failed > 0 {
+        println!("{failed} of {} module(s) failed to load", report.len());
+        return Ok(1);
+    }
+    Ok(0)
+}
