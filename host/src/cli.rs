@@ -140,7 +140,19 @@ pub struct ReplayArgs {
     #[arg(long)]
     pub no_progress: bool,
 
-    /// Files or directories of audit events; `-` reads stdin.
+    /// Shape of the inputs: `auto` recognises each input by its fields;
+    /// `audit` (Event, EventList, array or JSON lines), `gke` (Cloud Audit
+    /// Logs LogEntries: one, an array, an `entries` answer or a Cloud
+    /// Logging export), `aks` (diagnostic records: one, `{"records": [...]}`
+    /// or a Storage archive), `cloudwatch` (subscription payloads,
+    /// FilterLogEvents answers or an S3 export, plain or gzip), `firehose`
+    /// or `pubsub` (saved requests) force one.
+    #[arg(long, value_name = "FORMAT", default_value = "auto",
+          value_parser = clap::builder::PossibleValuesParser::new(crate::ingest::envelope::INPUT_FORMATS))]
+    pub input_format: String,
+
+    /// Files or directories of audit events or envelopes (gzip or not);
+    /// `-` reads stdin.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
 }

@@ -8,7 +8,8 @@ use std::time::Instant;
 use crate::alert::Alert;
 use crate::cli::ReplayArgs;
 use crate::evaluate::{AlertSink, Batch};
-use crate::ingest::replay::{expand_inputs, read_input};
+use crate::ingest::envelope::InputFormat;
+use crate::ingest::replay::{ReadError, expand_inputs, read_envelopes};
 use crate::outputs::stdout::StdoutOutput;
 use crate::pipeline::{Pipeline, rules_dirs};
 
@@ -27,6 +28,10 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let pipeline = Pipeline::start(config.clone(), dirs, Arc::new(Unused), true)?;
     let out = StdoutOutput::new(config.output.format);
     let tenant: Arc<str> = args.tenant.as_str().into();
+    let format: InputFormat = args
+        .input_format
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))?;
 
     let progress = if !args.no_progress && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(0);
@@ -45,6 +50,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let mut events_total = 0usize;
     let mut problems_total = 0usize;
     let mut unreadable = 0usize;
+    let mut skipped_total = 0usize;
     let mut by_rule: BTreeMap<String, usize> = BTreeMap::new();
     let mut alerts_total = 0usize;
     // Batches in flight, oldest first: alerts are printed in input order
@@ -83,14 +89,22 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         if let Some(bar) = &progress {
             bar.set_message(input.to_string());
         }
-        let decoded = match read_input(input, config.server.max_event_bytes) {
+        let decoded = match read_envelopes(input, config.server.max_event_bytes, format) {
             Ok(d) => d,
-            Err(e) => {
+            Err(e @ ReadError::Io(_)) => {
                 unreadable += 1;
-                eprintln!("{input}: cannot read: {e}");
+                eprintln!("{input}: {e}");
+                continue;
+            }
+            Err(ReadError::Input(e)) => {
+                problems_total += 1;
+                eprintln!("{input}: {e}");
                 continue;
             }
         };
+        // Records that hold no audit event (a CloudWatch control message,
+        // another Google service's audit entry) are counted, not errors.
+        skipped_total += decoded.skipped.len();
         for p in &decoded.rejected {
             problems_total += 1;
             let place = if p.at.is_empty() {
@@ -140,13 +154,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
 
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "replayed {} events from {} input(s) in {:.2}s ({:.0} events/s): {} alerts, {} rejected, {} unreadable input(s)",
+        "replayed {} events from {} input(s) in {:.2}s ({:.0} events/s): {} alerts, {} rejected, {} skipped (no audit event), {} unreadable input(s)",
         events_total,
         inputs.len(),
         secs,
         events_total as f64 / secs.max(1e-9),
         alerts_total,
         problems_total,
+        skipped_total,
         unreadable
     );
     for (rule, n) in &by_rule {

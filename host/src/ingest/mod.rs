@@ -2,6 +2,7 @@
 
 pub mod decode;
 pub mod dedup;
+pub(crate) mod envelope;
 pub mod journal;
 pub mod replay;
 pub mod webhook;

@@ -82,6 +82,36 @@ pub fn read_input(input: &Input, max_event_bytes: usize) -> std::io::Result<Deco
     Ok(decode_input(&bytes, max_event_bytes))
 }
 
+/// Why one input gave no events at all.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Input(#[from] super::envelope::InputError),
+}
+
+/// Reads one input of any shape `peregrine replay` takes: plain audit
+/// events or a provider's envelopes (GKE, AKS, CloudWatch Logs, Firehose,
+/// Pub/Sub), detected by their fields unless `format` forces one.
+pub(crate) fn read_envelopes(
+    input: &Input,
+    max_event_bytes: usize,
+    format: super::envelope::InputFormat,
+) -> Result<super::envelope::DecodedEnvelope, ReadError> {
+    let mut bytes = Vec::new();
+    match input {
+        Input::Stdin => {
+            std::io::stdin().lock().read_to_end(&mut bytes)?;
+        }
+        Input::File(p) => {
+            bytes = std::fs::read(p)?;
+        }
+    }
+    let limits = super::envelope::Limits::default();
+    Ok(super::envelope::unwrap_input(&bytes, format, &limits)?.decode(max_event_bytes))
+}
+
 /// Decodes the bytes of one input: one document, else JSON lines.
 pub fn decode_input(bytes: &[u8], max_event_bytes: usize) -> Decoded {
     match decode_payload(bytes, max_event_bytes) {
