@@ -73,7 +73,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RuleArgs {
     /// Directory of `.wasm` rule modules; repeat for several. Default: the
-    /// config's `rules.dirs`, else the example rules built by `make rules`.
+    /// config's `rules.dirs`, else `example-rules/build` in the current
+    /// directory, next to the binary, or an installed share directory.
     #[arg(long = "rules", value_name = "DIR")]
     pub rules: Vec<PathBuf>,
 
@@ -114,7 +115,8 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Directory of `.wasm` rule modules; repeat for several. Default: the
-    /// config's `rules.dirs`, else the example rules built by `make rules`.
+    /// config's `rules.dirs`, else `example-rules/build` in the current
+    /// directory, next to the binary, or an installed share directory.
     #[arg(long = "rules", value_name = "DIR")]
     pub rules: Vec<PathBuf>,
 

@@ -115,7 +115,7 @@ impl EngineConfig {
         if let Some(dir) = std::env::var_os("PEREGRINE_CACHE_DIR") {
             return Some(PathBuf::from(dir));
         }
-        Some(xdg_dir("XDG_CACHE_HOME", ".cache")?.join("peregrine"))
+        Some(crate::paths::xdg_dir("XDG_CACHE_HOME", ".cache")?.join("peregrine"))
     }
 }
 
@@ -201,8 +201,9 @@ pub enum RuleMatching {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
-    /// Directories of `.wasm` rule modules. Empty: the example rules built by
-    /// `make rules`.
+    /// Directories of `.wasm` rule modules. Empty: the first default place
+    /// that exists (`example-rules/build` here, next to the binary, or an
+    /// installed share directory).
     pub dirs: Vec<PathBuf>,
     pub rule_matching: RuleMatching,
 }
@@ -223,14 +224,6 @@ pub struct OutputConfig {
     /// Format of alerts printed on stdout (the built-in `stdout` output and
     /// `peregrine replay`).
     pub format: AlertFormat,
-}
-
-/// A per-user base directory: `$var` if set (the XDG base directory
-/// variables), else `$HOME/<fallback>`; `None` when neither is set.
-pub fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(fallback)))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod evaluate;
 pub mod ingest;
 pub mod outputs;
+pub mod paths;
 pub mod pipeline;
 pub mod prometheus;
 pub mod reload;

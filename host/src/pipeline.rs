@@ -12,31 +12,16 @@ use crate::reload::{RuleManager, RulesDir};
 use crate::rules::{ModuleLoader, Scope, StateStore};
 use crate::tenants::Tenants;
 
-/// Where `make rules` puts the example modules. Used when neither the command
-/// line nor the configuration names a rules directory.
-pub fn example_rules_dir() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../example-rules/build"
-    ))
-}
-
 /// The rules directories to load: `--rules` if given, else the config's
-/// `rules.dirs`, else the example rules; plus every tenant's own directories.
+/// `rules.dirs`, else the first default place that exists
+/// ([`crate::paths::default_rules_dir`]); plus every tenant's own directories.
 pub fn rules_dirs(config: &PeregrineConfig, cli_dirs: &[PathBuf]) -> anyhow::Result<Vec<RulesDir>> {
     let global: Vec<PathBuf> = if !cli_dirs.is_empty() {
         cli_dirs.to_vec()
     } else if !config.rules.dirs.is_empty() {
         config.rules.dirs.clone()
     } else {
-        let dir = example_rules_dir();
-        if !dir.is_dir() {
-            anyhow::bail!(
-                "no rules directory given and the example rules are not built at {}: run `make rules`, or pass --rules DIR",
-                dir.display()
-            );
-        }
-        vec![dir]
+        vec![crate::paths::default_rules_dir()?]
     };
     let mut dirs = Vec::new();
     for path in global {

@@ -258,6 +258,37 @@ fn bad_configuration_and_paths_get_clear_errors() {
     let out = run(&["replay", "--rules", "/no/such/dir", "-"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("/no/such/dir"), "{}", stderr(&out));
+
+    // The default rules directory is looked for at run time, not where the
+    // binary was built: a copy elsewhere, run elsewhere, finds none and says
+    // where it looked.
+    let elsewhere = tempfile::tempdir_in(root().join("target")).unwrap();
+    let bin = elsewhere.path().join("bin/peregrine");
+    std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+    std::fs::hard_link(env!("CARGO_BIN_EXE_peregrine"), &bin)
+        .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_peregrine"), &bin).map(|_| ()))
+        .unwrap();
+    let out = Command::new(&bin)
+        .args(["check"])
+        .current_dir(elsewhere.path())
+        .env("PEREGRINE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    for place in [
+        elsewhere.path().join("example-rules/build"),
+        elsewhere.path().join("bin/rules"),
+        elsewhere.path().join("share/peregrine/rules"),
+        PathBuf::from("/usr/share/peregrine/rules"),
+    ] {
+        assert!(
+            err.contains(&place.display().to_string()),
+            "{} not named in: {err}",
+            place.display()
+        );
+    }
+    assert!(err.contains("--rules DIR"), "{err}");
 }
 
 #[test]

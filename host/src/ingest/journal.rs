@@ -49,7 +49,7 @@ impl JournalConfig {
         if let Some(p) = &self.dir {
             return Some(p.clone());
         }
-        Some(crate::config::xdg_dir("XDG_DATA_HOME", ".local/share")?.join("peregrine/journal"))
+        Some(crate::paths::xdg_dir("XDG_DATA_HOME", ".local/share")?.join("peregrine/journal"))
     }
 }
 

@@ -153,7 +153,7 @@ impl DeliveryConfig {
         if let Some(dir) = std::env::var_os("PEREGRINE_SPOOL_DIR") {
             return Some(PathBuf::from(dir));
         }
-        Some(crate::config::xdg_dir("XDG_STATE_HOME", ".local/state")?.join("peregrine/spool"))
+        Some(crate::paths::xdg_dir("XDG_STATE_HOME", ".local/state")?.join("peregrine/spool"))
     }
 }
 

@@ -43,8 +43,7 @@ impl StoreConfig {
             return Some(p.clone());
         }
         Some(
-            crate::config::xdg_dir("XDG_DATA_HOME", ".local/share")?
-                .join("peregrine/alerts.sqlite"),
+            crate::paths::xdg_dir("XDG_DATA_HOME", ".local/share")?.join("peregrine/alerts.sqlite"),
         )
     }
 }

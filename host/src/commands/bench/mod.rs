@@ -357,7 +357,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if let Some(m) = args.rule_matching {
         base_config.rules.rule_matching = m;
     }
-    let examples = crate::pipeline::example_rules_dir();
+    let examples = crate::paths::default_rules_dir()?;
     let user_rules = !args.rules.is_empty();
     let measured_dirs = if user_rules {
         for d in &args.rules {
