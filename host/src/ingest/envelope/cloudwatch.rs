@@ -231,7 +231,7 @@ pub(super) fn export_line(line: &str) -> Option<&str> {
 }
 
 /// One page of a `FilterLogEvents` answer, for the pull source.
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)]
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct FilterPage {
@@ -241,7 +241,7 @@ pub(crate) struct FilterPage {
     pub next_token: Option<String>,
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct FilteredEvent {
@@ -258,7 +258,7 @@ pub(crate) struct FilteredEvent {
 }
 
 /// Parses a `FilterLogEvents` answer body.
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)]
 pub(crate) fn filter_page(body: &[u8]) -> Result<FilterPage, String> {
     serde_json::from_slice(body).map_err(|e| {
         format!(
@@ -268,7 +268,7 @@ pub(crate) fn filter_page(body: &[u8]) -> Result<FilterPage, String> {
     })
 }
 
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)]
 impl FilteredEvent {
     /// Unwraps this event's message (for the pull source, which knows the
     /// cluster from its configuration or its log group).

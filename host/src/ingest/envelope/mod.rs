@@ -31,10 +31,10 @@ pub(crate) mod aks;
 pub(crate) mod cloudwatch;
 // The push endpoints and pull sources use the request and answer decoders
 // of these two; replay uses the rest.
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)]
 pub(crate) mod firehose;
 pub(crate) mod gke;
-#[cfg_attr(not(test), allow(dead_code))]
+#[allow(dead_code)]
 pub(crate) mod pubsub;
 
 /// An audit payload (normally one Event) taken out of an envelope.
@@ -257,9 +257,9 @@ pub(crate) fn detect(v: &Value) -> Option<Shape> {
                 Some("Event" | "EventList")
             ) {
                 Some(Shape::Audit)
-            } else if has("messageType") || has("logEvents") {
-                Some(Shape::CloudWatch)
-            } else if has("searchedLogStreams")
+            } else if has("messageType")
+                || has("logEvents")
+                || has("searchedLogStreams")
                 || (m.get("events").and_then(Value::as_array)).is_some_and(|e| {
                     e.first()
                         .is_some_and(|e| e.get("message").is_some() && e.get("timestamp").is_some())
