@@ -83,14 +83,6 @@ impl Service {
     }
 }
 
-fn reserve_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 // ---------------------------------------------------------------- NATS --
 
 /// A subscriber speaking the NATS protocol, collecting (subject, payload).
@@ -349,7 +341,7 @@ async fn wait_syslog(
 #[tokio::test(flavor = "multi_thread")]
 async fn syslog_over_tcp_and_udp_reaches_rsyslog_as_rfc5424() {
     let dir = tempfile::tempdir().unwrap();
-    let (tcp, udp) = (reserve_port(), reserve_udp_port());
+    let (tcp, udp) = (reserve_port(), reserve_port());
     let conf = rsyslog_config(dir.path(), tcp, udp);
     let mut rsyslog = start_rsyslog(dir.path(), &conf);
     rsyslog.wait_port(tcp).await;
