@@ -110,6 +110,12 @@ pub struct ServeArgs {
     /// Do not watch the rules directories for changes.
     #[arg(long)]
     pub no_watch: bool,
+
+    /// Validate the configuration and every module it would load, as
+    /// `peregrine check` does, then exit (0: `serve` would start) without
+    /// binding the port or opening the journal, spools or alert store.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 #[derive(Debug, Args)]

@@ -325,6 +325,67 @@ fn check_reports_each_module_and_fails_on_a_bad_one() {
     assert!(stderr(&out).contains("nowhere"), "{}", stderr(&out));
 }
 
+/// `serve --check-config` checks what `check` does, then exits: it binds no
+/// port and opens none of the state a running server holds.
+#[test]
+fn serve_check_config_validates_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = listener.local_addr().unwrap().to_string();
+    let state = dir.path().join("state");
+    let config = dir.path().join("peregrine.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"{busy}\"\n[server.journal]\ndir = \"{0}/journal\"\n\
+             [store]\npath = \"{0}/alerts.sqlite\"\n[delivery]\nspool_dir = \"{0}/spool\"\n",
+            state.display()
+        ),
+    )
+    .unwrap();
+    // The port is taken: serving would fail, checking does not bind it.
+    let out = run(&["serve", "--check-config", "-c", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!("config: {}: ok", config.display())),
+        "{text}"
+    );
+    assert!(
+        text.contains("module falco_k8s_audit (global): ok"),
+        "{text}"
+    );
+    assert!(
+        !state.exists(),
+        "--check-config created {}",
+        state.display()
+    );
+    drop(listener);
+
+    let fixtures = root().join("tests/build/fixture-rules");
+    let out = run(&[
+        "serve",
+        "--check-config",
+        "--rules",
+        fixtures.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("module fixture_bad_metadata (global): FAILED"),
+        "{text}"
+    );
+
+    std::fs::write(
+        &config,
+        "[server.tls]\ncert_file = \"/no/such.crt\"\nkey_file = \"/no/such.key\"\n",
+    )
+    .unwrap();
+    let out = run(&["serve", "--check-config", "-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/no/such.key"), "{}", stderr(&out));
+}
+
 // ---- managed-cluster envelopes ----
 
 fn panther(path: &str) -> PathBuf {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::cli::{CheckArgs, RuleArgs};
+use crate::config::PeregrineConfig;
 use crate::evaluate::AlertSink;
 use crate::pipeline::{Pipeline, rules_dirs};
 use crate::reload::ModuleStatus;
@@ -24,6 +25,19 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
         workers: Some(1),
     };
     let config = super::load_config(&rule_args)?;
+    verify(config, &rule_args, args.rules_detail)
+}
+
+/// Checks a loaded configuration and the modules it would load, printing
+/// what it found: `peregrine check` and `peregrine serve --check-config`.
+/// The exit code is 0 when `serve` would start with all of them.
+pub(crate) fn verify(
+    mut config: PeregrineConfig,
+    args: &RuleArgs,
+    rules_detail: bool,
+) -> anyhow::Result<i32> {
+    // One worker: checking compiles each module once, it evaluates nothing.
+    config.engine.workers = 1;
     let source = args.config.as_ref().map_or_else(
         || "embedded defaults".to_string(),
         |p| p.display().to_string(),
@@ -70,7 +84,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
                     m.rules.len(),
                     m.digest.as_deref().map_or("", |d| &d[..12]),
                 );
-                if args.rules_detail {
+                if rules_detail {
                     for r in &m.rules {
                         println!(
                             "  {:<8} {:<13} {} ({}){}",

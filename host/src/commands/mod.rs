@@ -40,6 +40,9 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             if let Some(listen) = args.listen {
                 config.server.listen = listen;
             }
+            if args.check_config {
+                return check::verify(config, &args.rules, false);
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("peregrine-http")
