@@ -21,6 +21,7 @@ test: test-deps rules tests/ui/node_modules
 	@status=0; \
 	$(CARGO) test --release --workspace --no-fail-fast || status=1; \
 	scripts/test-python-js-rules.sh || status=1; \
+	scripts/test-deploy.sh || status=1; \
 	exit $$status
 
 test-deps:

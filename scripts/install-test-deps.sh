@@ -16,13 +16,37 @@ needs=(
     "/usr/sbin/nats-server            nats-server"
     "/usr/sbin/rsyslogd               rsyslog"
     "/usr/bin/prometheus-alertmanager prometheus-alertmanager"
+    # deploy/ and the image (scripts/test-deploy.sh)
+    "kubectl                          kubernetes-client"
+    "podman                           podman"
+    "runc                             runc"
+    "openssl                          openssl"
+    "objcopy                          binutils"
+    "/etc/ssl/certs/ca-certificates.crt ca-certificates"
 )
+
+# Python packages from PyPI: the module the tests import, and the package.
+pip_needs=(
+    # module                          package
+    "kubernetes_validate              kubernetes-validate"
+)
+
+pip_missing=()
+for line in "${pip_needs[@]}"; do
+    read -r module package <<<"$line"
+    python3 -c "import $module" 2>/dev/null || pip_missing+=("$package")
+done
+if ((${#pip_missing[@]})); then
+    echo "install-test-deps: installing ${pip_missing[*]} (pip)"
+    python3 -m pip install --quiet --user "${pip_missing[@]}" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages --user "${pip_missing[@]}"
+fi
 
 missing=()
 for line in "${needs[@]}"; do
     read -r program package <<<"$line"
     if [[ $program == /* ]]; then
-        [[ -x $program ]] && continue
+        [[ -e $program ]] && continue
     else
         command -v "$program" >/dev/null && continue
     fi
