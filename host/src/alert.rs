@@ -79,6 +79,11 @@ impl std::fmt::Display for Priority {
 /// The rule name of alerts that report a failing module.
 pub const RULE_ERROR: &str = "Peregrine Rule Error";
 
+/// The output field that carries the rule's id. The host sets it on every
+/// alert, from the rule the module declared, whatever the module put there:
+/// operators route and mute on ids, which stay when a display name changes.
+pub const RULE_ID_FIELD: &str = "peregrine.rule_id";
+
 /// One alert, with where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -155,14 +160,16 @@ impl Alert {
     }
 
     /// Falco's JSON alert. Peregrine adds its provenance as output fields
-    /// (`peregrine.tenant`, `peregrine.module`, `peregrine.module_digest`,
-    /// `ka.auditid`), which Falco consumers pass through.
+    /// (`peregrine.rule_id`, `peregrine.tenant`, `peregrine.module`,
+    /// `peregrine.module_digest`, `ka.auditid`), which Falco consumers pass
+    /// through.
     pub fn to_falco_json(&self) -> serde_json::Value {
         let mut output_fields: BTreeMap<&str, Option<&str>> = self
             .fields
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_deref()))
             .collect();
+        output_fields.insert(RULE_ID_FIELD, Some(&self.rule_id));
         output_fields.insert("peregrine.tenant", Some(&self.tenant));
         output_fields.insert("peregrine.module", Some(&self.module));
         output_fields.insert("peregrine.module_digest", Some(&self.module_digest));
@@ -238,6 +245,22 @@ mod tests {
         assert!(v["output_fields"]["ka.target.name"].is_null());
         assert_eq!(v["output_fields"]["peregrine.module"], "falco_k8s_audit");
         assert_eq!(v["output_fields"]["ka.auditid"], "id-1");
+        assert_eq!(
+            v["output_fields"]["peregrine.rule_id"],
+            "create-privileged-pod"
+        );
+    }
+
+    #[test]
+    fn the_rule_id_field_is_the_alerts_rule_id() {
+        let mut a = sample();
+        a.fields
+            .push((RULE_ID_FIELD.into(), Some("something-else".into())));
+        let v = a.to_falco_json();
+        assert_eq!(
+            v["output_fields"]["peregrine.rule_id"],
+            "create-privileged-pod"
+        );
     }
 
     #[test]

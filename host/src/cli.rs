@@ -82,8 +82,8 @@ pub struct RuleArgs {
     #[arg(long, short = 'c', value_name = "FILE", env = "PEREGRINE_CONFIG")]
     pub config: Option<PathBuf>,
 
-    /// Per module and event, alert only the first matching rule in the
-    /// module's order (`first`, Falco's default) or every one (`all`).
+    /// Per module and event, alert every matching rule (`all`, the default)
+    /// or only the first in the module's order (`first`, Falco's default).
     /// Overrides the config's `rules.rule_matching`.
     #[arg(long, value_enum)]
     pub rule_matching: Option<RuleMatching>,

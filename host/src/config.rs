@@ -190,11 +190,13 @@ impl SandboxConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum RuleMatching {
-    /// Like Falco's default: per module, only the first matching rule in the
-    /// module's declared order alerts.
-    #[default]
+    /// Falco's default: per module, only the first matching rule in the
+    /// module's declared order alerts. For parity with Falco.
     First,
-    /// Every matching rule alerts.
+    /// Every matching rule alerts. The default: with `first`, a catch-all
+    /// rule early in a module (Falco's `Disallowed K8s User`) hides every
+    /// specific detection after it for the same event.
+    #[default]
     All,
 }
 
@@ -321,7 +323,7 @@ mod tests {
         let c = PeregrineConfig::parse("").unwrap().validated().unwrap();
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8765");
         assert_eq!(c.server.max_body_bytes, 12 << 20);
-        assert_eq!(c.rules.rule_matching, RuleMatching::First);
+        assert_eq!(c.rules.rule_matching, RuleMatching::All);
     }
 
     #[test]

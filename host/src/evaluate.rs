@@ -10,7 +10,7 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use peregrine_sdk::audit::AuditEvent;
 
-use crate::alert::{Alert, Priority, RULE_ERROR};
+use crate::alert::{Alert, Priority, RULE_ERROR, RULE_ID_FIELD};
 use crate::config::RuleMatching;
 use crate::engine::{CallError, ModuleInstance, PreparedEvent, WasmEngine};
 use crate::rules::{LoadedModule, RuleSet, StateStore};
@@ -424,6 +424,7 @@ impl Evaluator {
             ),
             tags: vec!["peregrine".into(), "rule_error".into()],
             fields: vec![
+                (RULE_ID_FIELD.into(), Some("rule-error".into())),
                 ("peregrine.error_kind".into(), Some(e.kind().to_string())),
                 ("peregrine.error".into(), Some(e.to_string())),
                 ("ka.verb".into(), Some(ev.verb.clone())),
@@ -483,6 +484,14 @@ pub fn accept_alerts<'r>(
             out.disabled += 1;
             continue;
         }
+        // The rule id comes from the host's view of the rule, never from the
+        // module's fields.
+        let mut fields: Vec<(String, Option<String>)> = a
+            .fields
+            .into_iter()
+            .filter(|(k, _)| k != RULE_ID_FIELD)
+            .collect();
+        fields.push((RULE_ID_FIELD.into(), Some(rule.id.clone())));
         let mut tags = rule.tags.clone();
         for t in a.tags {
             if !tags.contains(&t) {
@@ -498,7 +507,7 @@ pub fn accept_alerts<'r>(
                 priority: a.priority.unwrap_or(rule.priority).into(),
                 output: a.output,
                 tags,
-                fields: a.fields,
+                fields,
                 tenant: origin.tenant.clone(),
                 module: origin.module.to_string(),
                 module_digest: origin.digest.to_string(),

@@ -35,6 +35,7 @@ fn bench_quick_prints_the_table_and_a_json_summary() {
         "Cold start",
         "Peak RSS",
         "regorus",
+        "Cost per event, Falco pack (falco_k8s_audit)",
     ] {
         assert!(
             stdout.contains(figure),
@@ -67,6 +68,7 @@ fn bench_quick_prints_the_table_and_a_json_summary() {
         "peer_regorus_eps",
         "peer_peregrine_eps",
         "peer_ratio",
+        "pack_cost",
         "machine",
     ] {
         assert!(s.get(key).is_some(), "the summary has no `{key}`: {last}");
@@ -89,6 +91,30 @@ fn bench_quick_prints_the_table_and_a_json_summary() {
             "`{key}` is not a positive number: {last}"
         );
     }
+    // Each default pack that is built is measured alone, and all of them
+    // together when there are several.
+    let cost = &s["pack_cost"];
+    assert!(
+        cost["falco_k8s_audit"]["us_per_event"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "no cost per event for the Falco pack: {last}"
+    );
+    let built = ["falco_k8s_audit.wasm", "k8s_threats.wasm"]
+        .iter()
+        .filter(|m| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../example-rules/build")
+                .join(m)
+                .is_file()
+        })
+        .count();
+    assert_eq!(cost.get("together").is_some(), built > 1, "{last}");
+    assert_eq!(
+        s["pack_cost_missing"].as_array().map(Vec::len),
+        Some(2 - built),
+        "{last}"
+    );
     assert_eq!(s["quick"], true);
     assert_eq!(
         s["alerts_agree"], true,

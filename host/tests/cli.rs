@@ -83,9 +83,67 @@ fn help_describes_every_command_and_option() {
 }
 
 #[test]
+fn by_default_a_catch_all_rule_does_not_hide_a_specific_one() {
+    // An SSO user (outside Falco's allow-list) creates a hostPID pod.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hostpid.json");
+    let event = serde_json::json!({
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
+        "auditID": "sso-hostpid-1", "stage": "ResponseComplete", "verb": "create",
+        "requestURI": "/api/v1/namespaces/shop/pods",
+        "user": {"username": "jane.doe@example.com", "groups": ["oidc:platform", "system:authenticated"]},
+        "objectRef": {"resource": "pods", "namespace": "shop", "name": "node-debug", "apiVersion": "v1"},
+        "responseStatus": {"code": 201},
+        "requestObject": {"kind": "Pod", "apiVersion": "v1",
+            "metadata": {"name": "node-debug", "namespace": "shop"},
+            "spec": {"hostPID": true, "containers": [{"name": "sh", "image": "busybox:1.36"}]}},
+        "responseObject": {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "node-debug", "namespace": "shop"}},
+        "stageTimestamp": "2026-11-27T10:00:00.000000Z"
+    });
+    std::fs::write(&file, event.to_string()).unwrap();
+    // No configuration: the defaults apply.
+    let out = run(&["replay", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rules: Vec<(String, String)> = stdout_alerts(&out)
+        .iter()
+        .filter(|a| a["output_fields"]["peregrine.module"] == "falco_k8s_audit")
+        .map(|a| {
+            (
+                a["rule"].as_str().unwrap().to_string(),
+                a["output_fields"]["peregrine.rule_id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (
+                "Disallowed K8s User".to_string(),
+                "disallowed-k8s-user".to_string()
+            ),
+            (
+                "Create HostPid Pod".to_string(),
+                "create-hostpid-pod".to_string()
+            ),
+        ]
+    );
+    // Falco's behaviour is one flag away.
+    let out = run(&["replay", "--rule-matching", "first", file.to_str().unwrap()]);
+    let first: Vec<String> = stdout_alerts(&out)
+        .iter()
+        .filter(|a| a["output_fields"]["peregrine.module"] == "falco_k8s_audit")
+        .map(|a| a["rule"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(first, ["Disallowed K8s User"]);
+}
+
+#[test]
 fn replay_prints_what_falco_prints_for_a_corpus_file() {
     let file = corpus("falco/anonymous_creates_namespace_foo.json");
-    let out = run(&["replay", file.to_str().unwrap()]);
+    let out = run(&["replay", "--rule-matching", "first", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let alerts = stdout_alerts(&out);
     assert_eq!(alerts.len(), 1, "rule_matching first, as Falco by default");

@@ -69,7 +69,7 @@ pub fn shared_cache_dir() -> PathBuf {
 }
 
 /// A configuration for tests: ephemeral port, shared compile cache, two
-/// workers, Falco's `all` matching unless a test says otherwise.
+/// workers, `rule_matching` at its default (`all`) unless a test says otherwise.
 pub fn test_config() -> PeregrineConfig {
     let mut c = PeregrineConfig::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();

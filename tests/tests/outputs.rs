@@ -41,6 +41,7 @@ fn echo_falco_json(id: &str, seen: u32, hostname: &str, digest: &str) -> serde_j
             "ka.auditid": id,
             "peregrine.module": "fixture_echo",
             "peregrine.module_digest": digest,
+            "peregrine.rule_id": "echo",
             "peregrine.tenant": "default",
             "seen": seen.to_string(),
             "tenant": "default",

@@ -66,6 +66,24 @@ async fn corpus_events_raise_falco_alerts_in_falco_shape() {
     assert_eq!(json["output_fields"]["ka.req.configmap.name"], "my-config");
     assert_eq!(json["output_fields"]["peregrine.module"], "falco_k8s_audit");
     assert_eq!(json["output_fields"]["peregrine.tenant"], "default");
+    // Every alert names its rule by id, whatever its display name.
+    for a in &alerts {
+        assert_eq!(a.field("peregrine.rule_id"), Some(a.rule_id.as_str()));
+        assert_eq!(
+            a.to_falco_json()["output_fields"]["peregrine.rule_id"],
+            a.rule_id
+        );
+    }
+    assert_eq!(
+        json["output_fields"]["peregrine.rule_id"],
+        "create-modify-configmap-with-private-credentials"
+    );
+    // The alert names the ConfigMap, not the credential it holds.
+    let text = json.to_string();
+    assert!(
+        !text.contains("MY-KEY") && !text.contains("aws_secret_access_key"),
+        "{text}"
+    );
     assert_eq!(
         cm.module_digest.len(),
         64,
@@ -124,6 +142,21 @@ async fn python_and_javascript_modules_detect_in_the_host() {
         .unwrap();
     assert_eq!(js.rule, "Secret Enumeration");
     assert!(js.tags.iter().any(|t| t == "T1552.007"), "{:?}", js.tags);
+    // Every module's alerts carry their rule id, set by the host: Rust,
+    // Python and JavaScript alike.
+    let modules: std::collections::BTreeSet<&str> =
+        alerts.iter().map(|a| a.module.as_str()).collect();
+    assert!(modules.contains("falco_k8s_audit"), "{modules:?}");
+    for a in &alerts {
+        assert!(!a.rule_id.is_empty());
+        assert_eq!(
+            a.to_falco_json()["output_fields"]["peregrine.rule_id"],
+            a.rule_id,
+            "{}",
+            a.module
+        );
+        assert_eq!(a.field("peregrine.rule_id"), Some(a.rule_id.as_str()));
+    }
     srv.shutdown().await;
 }
 

@@ -10,7 +10,7 @@ use super::BuildError;
 use super::delivery::{Deliver, OutputDeliveryConfig, SendFailure};
 use super::http::{self, HttpTarget, TlsConfig};
 use super::webhook::{default_timeout_ms, post_each};
-use crate::alert::{Alert, Priority};
+use crate::alert::{Alert, Priority, RULE_ID_FIELD};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -101,6 +101,8 @@ impl SlackOutput {
         let extra: Vec<(&str, String)> = a
             .fields
             .iter()
+            // The rule id has its own field above.
+            .filter(|(k, _)| k != RULE_ID_FIELD)
             .filter_map(|(k, v)| {
                 v.as_ref()
                     .filter(|v| !v.is_empty())

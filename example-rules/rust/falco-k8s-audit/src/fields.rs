@@ -10,8 +10,9 @@
 //!   `image`, `subjects` that is not an array) also leaves the field missing.
 //! - A list field with no elements counts as missing too: the plugin
 //!   framework reports "no value", so `in`, `intersects` and `=` are all false.
-//! - Only `spec.containers` is read; init and ephemeral containers are not
-//!   part of `ka.req.pod.containers.*`.
+//! - `ka.req.pod.containers.*` reads `spec.containers` only; init and
+//!   ephemeral containers have their own fields
+//!   (`ka.req.pod.initContainers.*`, `ka.req.pod.ephemeralContainers.*`).
 
 use std::cell::OnceCell;
 
@@ -120,6 +121,67 @@ fn query_unescape(s: &str) -> Option<String> {
         i += 1;
     }
     Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The three container lists of a pod spec, each with its own
+/// `ka.req.pod.<list>.*` fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerList {
+    Containers,
+    InitContainers,
+    EphemeralContainers,
+}
+
+impl ContainerList {
+    pub const ALL: [ContainerList; 3] = [
+        ContainerList::Containers,
+        ContainerList::InitContainers,
+        ContainerList::EphemeralContainers,
+    ];
+
+    /// The key under `spec`, which is also the field name's middle part.
+    pub fn key(self) -> &'static str {
+        match self {
+            ContainerList::Containers => "containers",
+            ContainerList::InitContainers => "initContainers",
+            ContainerList::EphemeralContainers => "ephemeralContainers",
+        }
+    }
+}
+
+/// What a ConfigMap or Secret holds, wherever an audit event can carry it:
+/// the object's data, and `kubectl apply`'s copy of the whole object.
+const DATA_KEYS: [&str; 3] = ["data", "stringData", "binaryData"];
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+const REDACTED: &str = "<redacted>";
+
+/// Replaces the data of a ConfigMap or Secret (or of each item of a list of
+/// them) with `<redacted>`. Falco's `jevt.obj` prints them as they are; an
+/// alert must not hand every receiver the credentials the event held.
+fn redact_data(object: &mut Json) {
+    let Json::Obj(entries) = object else {
+        return;
+    };
+    for (key, value) in entries.iter_mut() {
+        match key.as_str() {
+            k if DATA_KEYS.contains(&k) => *value = Json::Str(REDACTED.into()),
+            "metadata" => {
+                if let Some(Json::Obj(annotations)) = value.get_mut("annotations") {
+                    for (k, v) in annotations.iter_mut() {
+                        if k == LAST_APPLIED {
+                            *v = Json::Str(REDACTED.into());
+                        }
+                    }
+                }
+            }
+            "items" => {
+                if let Json::Arr(items) = value {
+                    items.iter_mut().for_each(redact_data);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// One event seen through Falco's fields. Request and response objects are
@@ -258,15 +320,19 @@ impl<'a> Ctx<'a> {
     /// has no image (`arrayAsStrings` errors on it).
     pub fn images(&self) -> Option<&[String]> {
         self.images
-            .get_or_init(|| {
-                let values = values_recursive(self.request()?, &["spec", "containers", "image"])?;
-                let images: Option<Vec<String>> = values
-                    .into_iter()
-                    .map(|v| v.map(Json::to_field_string))
-                    .collect();
-                non_empty(images?)
-            })
+            .get_or_init(|| self.list_images(ContainerList::Containers))
             .as_deref()
+    }
+
+    /// `ka.req.pod.<list>.image`, read as the plugin reads the regular
+    /// containers' images.
+    pub fn list_images(&self, list: ContainerList) -> Option<Vec<String>> {
+        let values = values_recursive(self.request()?, &["spec", list.key(), "image"])?;
+        let images: Option<Vec<String>> = values
+            .into_iter()
+            .map(|v| v.map(Json::to_field_string))
+            .collect();
+        non_empty(images?)
     }
 
     /// `ka.req.pod.containers.image.repository`
@@ -283,11 +349,11 @@ impl<'a> Ctx<'a> {
             .as_deref()
     }
 
-    /// `ka.req.pod.containers.privileged`
-    pub fn containers_privileged(&self) -> Option<Vec<String>> {
+    /// `ka.req.pod.<list>.privileged`
+    pub fn privileged(&self, list: ContainerList) -> Option<Vec<String>> {
         let values = values_recursive(
             self.request()?,
-            &["spec", "containers", "securityContext", "privileged"],
+            &["spec", list.key(), "securityContext", "privileged"],
         )?;
         non_empty(strings_skip_missing(values))
     }
@@ -445,11 +511,19 @@ impl<'a> Ctx<'a> {
             }
             e.push(("responseStatus".into(), Json::Obj(r)));
         }
+        let holds_data = matches!(self.resource(), Some("configmaps" | "secrets"));
+        let object = |o: &Json| {
+            let mut o = o.clone();
+            if holds_data {
+                redact_data(&mut o);
+            }
+            o
+        };
         if let Some(req) = self.request() {
-            e.push(("requestObject".into(), req.clone()));
+            e.push(("requestObject".into(), object(req)));
         }
         if let Some(resp) = self.response() {
-            e.push(("responseObject".into(), resp.clone()));
+            e.push(("responseObject".into(), object(resp)));
         }
         opt(
             &mut e,
@@ -500,6 +574,12 @@ impl<'a> Ctx<'a> {
             "ka.auth.reason" => s(self.auth_reason()),
             "ka.resp.name" => owned(self.resp_name()),
             "ka.req.pod.containers.image" => list(self.images().map(<[String]>::to_vec)),
+            "ka.req.pod.initContainers.image" => {
+                list(self.list_images(ContainerList::InitContainers))
+            }
+            "ka.req.pod.ephemeralContainers.image" => {
+                list(self.list_images(ContainerList::EphemeralContainers))
+            }
             "ka.req.pod.containers.image.repository" => {
                 list(self.image_repositories().map(<[String]>::to_vec))
             }

@@ -93,6 +93,13 @@ impl Json {
         }
     }
 
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Json> {
+        match self {
+            Json::Obj(entries) => entries.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
     pub fn get_path(&self, keys: &[&str]) -> Option<&Json> {
         keys.iter().try_fold(self, |v, k| v.get(k))
     }

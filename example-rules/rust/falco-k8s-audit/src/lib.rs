@@ -1,15 +1,16 @@
 //! Falco's k8s-audit ruleset as a Peregrine rule pack.
 //!
-//! The 48 rules of `k8s_audit_rules.yaml` (falcosecurity/plugins, k8saudit
-//! plugin 0.18) keep Falco's names, priorities, tags, descriptions and output
-//! formats, and their conditions follow the plugin's field semantics exactly
+//! The 48 rules of `k8s_audit_rules.yaml` as released with the k8saudit
+//! plugin v0.18.0 (falcosecurity/plugins, tag `plugins/k8saudit/v0.18.0`)
+//! keep Falco's names, priorities, tags, descriptions and output formats,
+//! and their conditions follow the plugin's field semantics exactly
 //! (see [`fields`]). Falco's lists, and the macros users edit to turn rules
 //! on or off, are the pack's configuration (see [`config`] and
 //! `docs/falco-rules.md`).
 //!
 //! `evaluate` returns the alert of every matching rule, in Falco's file
-//! order. Falco's default `rule_matching: first` is applied by the host,
-//! which keeps the alert whose rule comes first in the metadata.
+//! order. With Falco's `rule_matching: first` the host keeps the alert whose
+//! rule comes first in the metadata.
 
 pub mod config;
 pub mod fields;

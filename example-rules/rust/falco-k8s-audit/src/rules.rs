@@ -1,5 +1,6 @@
-//! The 48 rules of Falco's `k8s_audit_rules.yaml` (falcosecurity/plugins,
-//! k8saudit plugin 0.18), in the file's order, with Falco's names,
+//! The 48 rules of Falco's `k8s_audit_rules.yaml` as released with the
+//! k8saudit plugin v0.18.0 (falcosecurity/plugins, tag
+//! `plugins/k8saudit/v0.18.0`), in the file's order, with Falco's names,
 //! descriptions, priorities, tags and output formats.
 //!
 //! The order matters: Falco's default `rule_matching: first` keeps only the
@@ -15,7 +16,7 @@ use std::collections::HashSet;
 use peregrine_sdk::Priority;
 
 use crate::config::{Config, ListId};
-use crate::fields::Ctx;
+use crate::fields::{ContainerList, Ctx};
 
 /// Which stages a rule's condition accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +77,7 @@ const BASE: RuleDef = RuleDef {
 const CREATE: &[&str] = &["create"];
 const DELETE: &[&str] = &["delete"];
 const GET: &[&str] = &["get"];
+const CREATE_OR_GET: &[&str] = &["create", "get"];
 const MODIFY: &[&str] = &["create", "update", "patch"];
 const MODIFY_OR_DELETE: &[&str] = &["create", "update", "patch", "delete"];
 const ROLES: &[&str] = &["roles", "clusterroles"];
@@ -135,6 +137,14 @@ fn images_in(c: &Config, x: &Ctx, list: ListId) -> bool {
 
 fn is_true(v: Option<String>) -> bool {
     v.as_deref() == Some("true")
+}
+
+/// Falco's `any_container_privileged`: a privileged regular, init or
+/// ephemeral container.
+fn any_container_privileged(x: &Ctx) -> bool {
+    ContainerList::ALL
+        .into_iter()
+        .any(|list| intersects(x.privileged(list).as_deref(), &["true"]))
 }
 
 fn pod_create(c: &Config, x: &Ctx) -> bool {
@@ -206,12 +216,14 @@ pub const RULES: &[RuleDef] = &[
         id: "create-privileged-pod",
         name: "Create Privileged Pod",
         desc: "Detect an attempt to start a pod with a privileged container",
-        output: "Pod started with privileged container (user=%ka.user.name pod=%ka.resp.name resource=%ka.target.resource ns=%ka.target.namespace images=%ka.req.pod.containers.image)",
+        output: "Pod started with privileged container (user=%ka.user.name pod=%ka.resp.name resource=%ka.target.resource ns=%ka.target.namespace images=%ka.req.pod.containers.image init_images=%ka.req.pod.initContainers.image ephemeral_images=%ka.req.pod.ephemeralContainers.image)",
         verbs: CREATE,
         resources: &["pods"],
         condition: |c, x| {
             pod_create(c, x)
-                && intersects(x.containers_privileged().as_deref(), &["true"])
+                && any_container_privileged(x)
+                // As in Falco, only the regular containers' images are
+                // checked against the trusted list.
                 && !images_in(c, x, ListId::PrivilegedImages)
         },
         ..BASE
@@ -290,7 +302,7 @@ pub const RULES: &[RuleDef] = &[
         id: "create-modify-configmap-with-private-credentials",
         name: "Create/Modify Configmap With Private Credentials",
         desc: "Detect creating/modifying a configmap containing a private credential (aws key, password, etc.)",
-        output: "K8s configmap with private credential (user=%ka.user.name verb=%ka.verb resource=%ka.target.resource configmap=%ka.req.configmap.name config=%ka.req.configmap.obj)",
+        output: "K8s configmap with private credential (user=%ka.user.name verb=%ka.verb resource=%ka.target.resource configmap=%ka.req.configmap.name)",
         verbs: MODIFY,
         resources: &["configmaps"],
         condition: |c, x| {
@@ -327,13 +339,15 @@ pub const RULES: &[RuleDef] = &[
         priority: Priority::Notice,
         output: "Attach/Exec to pod (user=%ka.user.name pod=%ka.target.name resource=%ka.target.resource ns=%ka.target.namespace action=%ka.target.subresource command=%ka.uri.param[command])",
         stage: Stage::Started,
-        verbs: CREATE,
+        // `get`: kubectl 1.30 and later exec over WebSocket, which the
+        // apiserver records as a `get` (EKS records every exec so).
+        verbs: CREATE_OR_GET,
         resources: &["pods"],
         subresources: &["exec", "attach"],
         condition: |_, x| {
             x.stage() == Some("ResponseStarted")
                 && pod_subresource(x)
-                && verb(x, CREATE)
+                && verb(x, CREATE_OR_GET)
                 && matches!(x.subresource(), Some("exec" | "attach"))
         },
         ..BASE

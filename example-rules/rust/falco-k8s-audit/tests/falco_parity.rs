@@ -138,7 +138,12 @@ fn outputs_match_falcos_format() {
     };
     assert_eq!(
         one("create_nginx_pod_privileged.json"),
-        "Pod started with privileged container (user=system:serviceaccount:kube-system:replicaset-controller pod=nginx-deployment-5cdcc99dbf-rgw6z resource=pods ns=default images=(nginx))"
+        "Pod started with privileged container (user=system:serviceaccount:kube-system:replicaset-controller pod=nginx-deployment-5cdcc99dbf-rgw6z resource=pods ns=default images=(nginx) init_images=<NA> ephemeral_images=<NA>)"
+    );
+    // v0.18.0 prints the ConfigMap's name, not the credential it found.
+    assert_eq!(
+        one("create_configmap_sensitive_values.json"),
+        "K8s configmap with private credential (user=minikube-user verb=create resource=configmaps configmap=my-config)"
     );
     assert_eq!(
         one("exec_pod.json"),

@@ -10,7 +10,10 @@ use common::{
     Matching, cases, corpus_dir, fixtures_dir, load, read_json, read_trace, read_trace_file,
     run_case,
 };
+use falco_k8s_audit::FalcoK8sAudit;
 use falco_k8s_audit::rules::RULES;
+use peregrine_sdk::audit::AuditEvent;
+use peregrine_sdk::testing::Harness;
 use serde_json::{Value, json};
 
 #[test]
@@ -126,14 +129,36 @@ fn only_alert(file: &str, config: Value) -> common::Raised {
 
 #[test]
 fn outputs_follow_falco_field_semantics() {
-    // Only spec.containers feeds ka.req.pod.containers.*: the init container's image is not listed.
+    // spec.containers feeds ka.req.pod.containers.*; init and ephemeral
+    // containers have their own fields, which v0.18.0 prints too.
     assert_eq!(
         only_alert(
             "create_pod_privileged_main_with_init_container.json",
             json!({})
         )
         .output,
-        "Pod started with privileged container (user=kubernetes-admin pod=vpn-gateway resource=pods ns=default images=(nginx:1.25.4))"
+        "Pod started with privileged container (user=kubernetes-admin pod=vpn-gateway resource=pods ns=default images=(nginx:1.25.4) init_images=(busybox:1.36) ephemeral_images=<NA>)"
+    );
+    assert_eq!(
+        only_alert("create_pod_privileged_init_container.json", json!({})).output,
+        "Pod started with privileged container (user=kubernetes-admin pod=sysctl-tuner resource=pods ns=default images=(nginx:1.25.4) init_images=(busybox:1.36) ephemeral_images=<NA>)"
+    );
+    // Refused by the apiserver (422): the response is a Status, without a name.
+    assert_eq!(
+        only_alert("create_pod_privileged_ephemeral_container.json", json!({})).output,
+        "Pod started with privileged container (user=kubernetes-admin pod=<NA> resource=pods ns=shop images=(registry.example.com/shop/web:2.4.1) init_images=<NA> ephemeral_images=(nicolaka/netshoot:v0.13))"
+    );
+    // kubectl's WebSocket exec is a `get`; the command is the first
+    // `command` parameter, URL-decoded.
+    assert_eq!(
+        only_alert("exec_pod_websocket_get.json", json!({})).output,
+        "Attach/Exec to pod (user=kubernetes-admin pod=cart-7d9f8-xk2lp resource=pods ns=shop action=exec command=sh)"
+    );
+    // v0.18.0 no longer prints the ConfigMap's data.
+    let configmap = only_alert("create_configmap_with_password.json", json!({}));
+    assert_eq!(
+        configmap.output,
+        "K8s configmap with private credential (user=kubernetes-admin verb=create resource=configmaps configmap=billing-settings)"
     );
     // The rule reads /requestObject/ephemeralContainers/0, the pre-1.23
     // EphemeralContainers body; a current `kubectl debug` patch has them under
@@ -200,4 +225,98 @@ fn overrides_file_defines_every_override_the_cases_use() {
             "{name}: {keys:?}"
         );
     }
+}
+
+/// Every ConfigMap and Secret value an event holds: `data`, `stringData`,
+/// `binaryData` (of the object, or of each item of a list) and kubectl's
+/// last-applied copy of the object.
+fn held_data(event: &AuditEvent) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        for key in ["data", "stringData", "binaryData"] {
+            if let Some(map) = v.get(key).and_then(Value::as_object) {
+                out.push(Value::Object(map.clone()).to_string());
+                out.extend(map.values().filter_map(Value::as_str).map(str::to_string));
+            }
+        }
+        if let Some(last) = v
+            .pointer("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration")
+            .and_then(Value::as_str)
+        {
+            out.push(last.trim().to_string());
+        }
+        for item in v
+            .get("items")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            walk(item, out);
+        }
+    }
+    if !matches!(event.resource(), Some("configmaps" | "secrets")) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for raw in [&event.request_object, &event.response_object]
+        .into_iter()
+        .flatten()
+    {
+        walk(&serde_json::from_str(raw.get()).unwrap(), &mut out);
+    }
+    out
+}
+
+#[test]
+fn no_alert_carries_a_configmaps_or_secrets_data() {
+    let mut events = Vec::new();
+    for entry in std::fs::read_dir(corpus_dir().join("falco")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        events.extend(read_trace(&text).unwrap_or_default());
+    }
+    for entry in std::fs::read_dir(fixtures_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "expectations.json" {
+            events.extend(read_trace_file(&path));
+        }
+    }
+    for log in ["demo.log", "at-501d132/demo.log"] {
+        events.extend(read_trace_file(
+            &corpus_dir().join("public/liggitt__audit2rbac").join(log),
+        ));
+    }
+    // Every rule on, `All K8s Audit Events` (which prints the whole event)
+    // included, and every match kept.
+    let all_on: Vec<&str> = RULES.iter().map(|r| r.id).collect();
+    let harness =
+        Harness::<FalcoK8sAudit>::with_config(&json!({"enable": all_on}).to_string()).unwrap();
+    let (mut holding, mut alerts) = (0, 0);
+    for event in &events {
+        let secrets: Vec<String> = held_data(event)
+            .into_iter()
+            .filter(|s| s.len() >= 8)
+            .collect();
+        let raised = harness.evaluate(event);
+        if !secrets.is_empty() {
+            holding += 1;
+            alerts += raised.len();
+        }
+        for alert in raised {
+            let texts = std::iter::once(&alert.output)
+                .chain(alert.fields.iter().filter_map(|(_, v)| v.as_ref()));
+            for text in texts {
+                for secret in &secrets {
+                    assert!(
+                        !text.contains(secret.as_str()),
+                        "`{}` on event {} carries {secret:?}:\n{text}",
+                        alert.rule_id,
+                        event.audit_id
+                    );
+                }
+            }
+        }
+    }
+    // The corpus and fixtures hold ConfigMaps and Secrets with data, and the
+    // rules do alert on them.
+    assert!(holding >= 9, "only {holding} events hold data");
+    assert!(alerts >= 2 * holding, "only {alerts} alerts on them");
 }

@@ -1,7 +1,7 @@
 //! Engine throughput (Wasm against native, one thread each, then Wasm on
 //! every core) and the per-module, per-rule cost breakdown.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,7 +50,7 @@ pub(crate) fn pipeline(
     Ok(p)
 }
 
-fn wasm_pass(p: &Pipeline, tenant: &Arc<str>, stream: &Stream) -> (f64, usize) {
+pub(crate) fn wasm_pass(p: &Pipeline, tenant: &Arc<str>, stream: &Stream) -> (f64, usize) {
     let batch = p.config.engine.batch_events.max(1);
     let started = Instant::now();
     let mut alerts = 0;
@@ -142,13 +142,7 @@ pub(crate) fn run(env: &BenchEnv, stream: &Stream) -> anyhow::Result<EngineFigur
 
     let batch = single.config.engine.batch_events.max(1);
     // A warm-up pass of each side, not counted.
-    let warm = Stream {
-        events: stream.events.iter().take(4_000).cloned().collect(),
-        lines: Vec::new(),
-        templates: 0,
-        verbs: BTreeMap::new(),
-        source: String::new(),
-    };
+    let warm = stream.head(4_000);
     wasm_pass(&single, &tenant, &warm);
     if let Some(n) = &native {
         native_pass(n, &tenant, &warm, batch);

@@ -10,6 +10,7 @@ mod cold_start;
 mod engine;
 mod http;
 mod native;
+mod packs;
 mod peer;
 mod reload;
 pub mod rss;
@@ -38,6 +39,8 @@ pub enum Figure {
     Engine,
     /// Per-module and per-rule cost of the rules.
     Breakdown,
+    /// Cost per event of each default pack (Falco, threats) and of all together.
+    Packs,
     /// HTTP end-to-end: saturation and acknowledgement latency.
     Http,
     /// Edit-to-live time of a changed module (Rust, Python, JavaScript).
@@ -105,8 +108,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub cargo_build: bool,
 
-    /// Falco's `rule_matching` for the engine and HTTP figures (default:
-    /// the configuration's, `first`).
+    /// `rule_matching` for the engine and HTTP figures (default: the
+    /// configuration's, `all` unless it says otherwise).
     #[arg(long, value_enum)]
     pub rule_matching: Option<RuleMatching>,
 
@@ -418,6 +421,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
     if args.wants(Figure::Breakdown) {
         let f = engine::breakdown(&env, &stream)?;
         report.breakdown(f);
+    }
+    if args.wants(Figure::Packs) {
+        if env.user_rules {
+            env.progress
+                .note("packs: measures the default packs; not run with --rules");
+        } else {
+            let f = packs::run(&env, &stream)?;
+            report.packs(f);
+        }
     }
     if args.wants(Figure::Http) {
         let f = http::run(&env, &stream, args.latency_seconds)?;

@@ -48,6 +48,17 @@ pub(crate) struct Stream {
 }
 
 impl Stream {
+    /// The first `n` events, for warm-up passes (no JSON lines).
+    pub fn head(&self, n: usize) -> Stream {
+        Stream {
+            events: self.events.iter().take(n).cloned().collect(),
+            lines: Vec::new(),
+            templates: 0,
+            verbs: BTreeMap::new(),
+            source: String::new(),
+        }
+    }
+
     pub fn mean_bytes(&self) -> f64 {
         self.lines.iter().map(String::len).sum::<usize>() as f64 / self.lines.len().max(1) as f64
     }

@@ -9,17 +9,19 @@ use super::BenchEnv;
 use super::cold_start::ColdStartFigures;
 use super::engine::{Breakdown, EngineFigures};
 use super::http::HttpFigures;
+use super::packs::PacksFigures;
 use super::peer::PeerFigures;
 use super::reload::ReloadFigures;
 use super::rss::RssFigures;
 use super::stream::Stream;
 
 /// Every key of the JSON summary; figures not run are `null`.
-pub const SUMMARY_KEYS: [&str; 22] = [
+pub const SUMMARY_KEYS: [&str; 23] = [
     "engine_wasm_eps",
     "engine_native_eps",
     "engine_wasm_native_ratio",
     "engine_wasm_all_cores_eps",
+    "pack_cost",
     "http_eps",
     "http_ack_p50_ms",
     "http_ack_p99_ms",
@@ -269,6 +271,49 @@ impl Report {
         }
         self.sections.push(s);
         self.set("breakdown", json!({ "modules": modules, "rules": rules }));
+    }
+
+    pub fn packs(&mut self, f: PacksFigures) {
+        let mut cost = Map::new();
+        for p in f.packs.iter().chain(&f.together) {
+            let what = if p.modules.len() == 1 {
+                format!("{} ({})", p.label, p.modules[0])
+            } else {
+                format!("{} ({})", p.label, p.modules.join(" + "))
+            };
+            self.row(
+                format!("Cost per event, {what}, 1 thread"),
+                format!("{:.2} us ({})", p.us_per_event(), eps(p.eps)),
+                "",
+                String::new(),
+            );
+            let key = if p.modules.len() == 1 {
+                p.modules[0].clone()
+            } else {
+                "together".to_string()
+            };
+            cost.insert(
+                key,
+                json!({"us_per_event": num(p.us_per_event()), "eps": num(p.eps), "alerts": p.alerts}),
+            );
+        }
+        let alerts: Vec<String> = f
+            .packs
+            .iter()
+            .chain(&f.together)
+            .map(|p| format!("{} {}", p.label, p.alerts))
+            .collect();
+        self.notes.push(format!(
+            "packs: {} events through each pack alone and all together; alerts: {}.",
+            f.events,
+            alerts.join(", ")
+        ));
+        for m in &f.missing {
+            self.notes
+                .push(format!("packs: {m} is not built, so it is not measured."));
+        }
+        self.set("pack_cost", Value::Object(cost));
+        self.set("pack_cost_missing", json!(f.missing));
     }
 
     pub fn http(&mut self, f: HttpFigures) {

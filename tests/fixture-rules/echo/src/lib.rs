@@ -35,7 +35,10 @@ impl RuleModule for Echo {
                 .field("tenant", event.tenant.as_str())
                 .field("version", self.version.as_str())
                 .field("seen", seen)
-                .field("has_request_object", event.request_object.is_some()),
+                .field("has_request_object", event.request_object.is_some())
+                // The host owns this field: whatever a module puts there is
+                // replaced by the rule's id.
+                .field("peregrine.rule_id", "forged-by-the-module"),
         ]
     }
 }

@@ -1,4 +1,4 @@
-# Twelve of Falco's k8s-audit rules (falcosecurity/plugins, k8saudit 0.18)
+# Twelve of Falco's k8s-audit rules (falcosecurity/plugins, k8saudit v0.18.0)
 # in Rego, for `peregrine bench`'s peer figure. Each rule follows the same
 # condition as the Rust pack (example-rules/rust/falco-k8s-audit/src/rules.rs)
 # with the pack's default lists, and yields one alert object per match, with
@@ -103,6 +103,17 @@ images_in(list) if {
 
 images := [c.image | some c in input.requestObject.spec.containers]
 
+init_images := [c.image | some c in input.requestObject.spec.initContainers]
+
+ephemeral_images := [c.image | some c in input.requestObject.spec.ephemeralContainers]
+
+# Falco's any_container_privileged: regular, init or ephemeral containers.
+any_container_privileged if {
+	some list in ["containers", "initContainers", "ephemeralContainers"]
+	some c in object.get(input.requestObject.spec, list, [])
+	c.securityContext.privileged == true
+}
+
 endpoint(path) if input.requestURI == path
 
 endpoint(path) if startswith(input.requestURI, concat("", [path, "?"]))
@@ -123,12 +134,11 @@ alerts contains alert("Disallowed K8s User", "Warning", sprintf(
 }
 
 alerts contains alert("Create Privileged Pod", "Warning", sprintf(
-	"Pod started with privileged container (user=%v pod=%v resource=%v ns=%v images=%v)",
-	[user, na(["responseObject", "metadata", "name"]), target_resource, target_ns, images],
+	"Pod started with privileged container (user=%v pod=%v resource=%v ns=%v images=%v init_images=%v ephemeral_images=%v)",
+	[user, na(["responseObject", "metadata", "name"]), target_resource, target_ns, images, init_images, ephemeral_images],
 )) if {
 	pod_create
-	some c in input.requestObject.spec.containers
-	c.securityContext.privileged == true
+	any_container_privileged
 	not images_in(k8s_audit_privileged_images)
 }
 
@@ -169,7 +179,7 @@ alerts contains alert("Attach/Exec Pod", "Notice", sprintf(
 )) if {
 	input.stage == "ResponseStarted"
 	input.objectRef.resource == "pods"
-	input.verb == "create"
+	input.verb in {"create", "get"}
 	input.objectRef.subresource in {"exec", "attach"}
 }
 
