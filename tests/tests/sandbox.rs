@@ -24,6 +24,15 @@ async fn misbehaving_modules_fail_alone() {
     config.sandbox.defaults.call_deadline_ms = 200;
     config.sandbox.defaults.memory_mib = 64;
     config.engine.epoch_tick_ms = 5;
+    // The bomb must end by its memory cap, whatever the machine's load: with
+    // the 200 ms budget, a busy machine could stop it at the deadline first.
+    config.sandbox.modules.insert(
+        "fixture_memory_bomb".into(),
+        peregrine::config::LimitsOverride {
+            call_deadline_ms: Some(20_000),
+            ..Default::default()
+        },
+    );
     let modules = [
         "fixture_spin_loop",
         "fixture_memory_bomb",
