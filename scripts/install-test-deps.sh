@@ -16,6 +16,9 @@ needs=(
     "/usr/sbin/nats-server            nats-server"
     "/usr/sbin/rsyslogd               rsyslog"
     "/usr/bin/prometheus-alertmanager prometheus-alertmanager"
+    # rule modules as OCI artifacts (host/tests/oci): the registry, bcrypt htpasswd
+    "/usr/bin/docker-registry         docker-registry"
+    "htpasswd                         apache2-utils"
     # deploy/ and the image (scripts/test-deploy.sh)
     "kubectl                          kubernetes-client"
     "podman                           podman"

@@ -56,6 +56,11 @@ pub enum Command {
     /// the first kind of problem found, with what to fix. For CI pipelines
     /// of rule authors and before a deployment.
     Check(CheckArgs),
+    /// Rule modules as OCI artifacts: push modules to a registry, pull them
+    /// back. `serve` follows an artifact with a `[[rules.sources]]` entry of
+    /// type `oci`.
+    #[command(subcommand)]
+    Rule(RuleCommand),
     /// Measure Peregrine: engine throughput (the Falco pack as Wasm against
     /// the same code compiled natively), the HTTP path, hot-reload
     /// edit-to-live times, cold start, peak memory, and a peer engine
@@ -163,4 +168,76 @@ pub struct ReplayArgs {
     /// `-` reads stdin.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCommand {
+    /// Push a module (FILE.wasm) or every module of a directory as one OCI
+    /// artifact. Each module is first loaded through the engine, as `serve`
+    /// would load it, and must pass; its name, version, contract (the
+    /// peregrine:rules WIT version) and sha256 become annotations of its
+    /// layer (media type application/vnd.peregrine.rule.module.v1+wasm;
+    /// config application/vnd.peregrine.rule.config.v1+json). Prints the
+    /// pushed reference with its manifest digest, to pin in
+    /// `[[rules.sources]]`.
+    Push(RulePushArgs),
+    /// Pull a rule artifact by tag or digest, verify it (media types, sizes,
+    /// the manifest digest when pinned, every layer's digest) and write its
+    /// modules into a directory.
+    Pull(RulePullArgs),
+}
+
+/// How to reach the registry.
+#[derive(Debug, Args)]
+pub struct RegistryArgs {
+    /// Docker config file with the registry's credentials (`auths`, base64
+    /// of user:password). Default: $DOCKER_CONFIG/config.json, else
+    /// ~/.docker/config.json, if it exists.
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+
+    /// PEM file of CA certificates to trust for the registry, besides the
+    /// system's. Implies TLS, even on loopback.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Speak plain HTTP to the registry. Registries on localhost and
+    /// 127.0.0.1 use plain HTTP without this (unless --ca-file is given);
+    /// any other needs TLS unless this is given.
+    #[arg(long)]
+    pub plain_http: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RulePushArgs {
+    /// A `.wasm` rule module, or a directory whose `.wasm` modules all go
+    /// into the artifact.
+    #[arg(value_name = "FILE.wasm|DIR")]
+    pub path: PathBuf,
+
+    /// Where to push: REGISTRY/REPOSITORY:TAG, e.g. 127.0.0.1:5000/rules/falco:1.0.
+    #[arg(value_name = "REGISTRY/REPO:TAG")]
+    pub reference: String,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Configuration file whose `[modules.<name>]` tables the modules are
+    /// configured with while they are checked. Without one, `{}`.
+    #[arg(long, short = 'c', value_name = "FILE", env = "PEREGRINE_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RulePullArgs {
+    /// What to pull: REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST.
+    #[arg(value_name = "REF")]
+    pub reference: String,
+
+    /// Directory to write the modules into (created if missing).
+    #[arg(long, short = 'o', value_name = "DIR", default_value = ".")]
+    pub output: PathBuf,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }

@@ -208,6 +208,9 @@ pub struct RulesConfig {
     /// installed share directory).
     pub dirs: Vec<PathBuf>,
     pub rule_matching: RuleMatching,
+    /// Rule modules pulled from elsewhere (OCI registries), cached under
+    /// the cache directory and loaded with the directories' modules.
+    pub sources: Vec<crate::oci::RuleSourceConfig>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -287,6 +290,11 @@ impl PeregrineConfig {
                 return Err(format!(
                     "sandbox limits for {name}: memory_mib is at most 4096"
                 ));
+            }
+        }
+        for source in &self.rules.sources {
+            match source {
+                crate::oci::RuleSourceConfig::Oci(s) => s.validate()?,
             }
         }
         crate::router::validate(&self)?;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod engine;
 pub mod evaluate;
 pub mod ingest;
+pub mod oci;
 pub mod outputs;
 pub mod paths;
 pub mod pipeline;

@@ -14,12 +14,16 @@ use crate::tenants::Tenants;
 
 /// The rules directories to load: `--rules` if given, else the config's
 /// `rules.dirs`, else the first default place that exists
-/// ([`crate::paths::default_rules_dir`]); plus every tenant's own directories.
+/// ([`crate::paths::default_rules_dir`]) unless `rules.sources` bring the
+/// modules; plus the cache directory of every source, and every tenant's own
+/// directories.
 pub fn rules_dirs(config: &PeregrineConfig, cli_dirs: &[PathBuf]) -> anyhow::Result<Vec<RulesDir>> {
     let global: Vec<PathBuf> = if !cli_dirs.is_empty() {
         cli_dirs.to_vec()
     } else if !config.rules.dirs.is_empty() {
         config.rules.dirs.clone()
+    } else if !config.rules.sources.is_empty() {
+        Vec::new()
     } else {
         vec![crate::paths::default_rules_dir()?]
     };
@@ -30,6 +34,7 @@ pub fn rules_dirs(config: &PeregrineConfig, cli_dirs: &[PathBuf]) -> anyhow::Res
             path: canonical_dir(&path)?,
         });
     }
+    dirs.extend(crate::oci::Sources::from_config(config)?.dirs());
     for (id, tenant) in &config.tenants {
         for path in &tenant.rules_dirs {
             dirs.push(RulesDir {

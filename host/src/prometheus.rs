@@ -116,6 +116,10 @@ fn describe() {
         "peregrine_module_loads_total",
         "Module loads and reloads, per result."
     );
+    describe_counter!(
+        "peregrine_oci_pulls_total",
+        "Checks and pulls of OCI rule sources, per result (updated, unchanged, failed)."
+    );
     describe_histogram!(
         "peregrine_module_load_seconds",
         metrics::Unit::Seconds,

@@ -389,9 +389,21 @@ impl RuleManager {
     /// Watches every rules directory and applies changes until the returned
     /// guard is dropped.
     pub fn watch(self: &Arc<Self>) -> anyhow::Result<RulesWatcher> {
+        self.watch_except(&[])
+    }
+
+    /// Watches the rules directories but `skip`: the caches of OCI sources,
+    /// whose poller brings the manager in step itself once a pull is complete.
+    pub fn watch_except(self: &Arc<Self>, skip: &[PathBuf]) -> anyhow::Result<RulesWatcher> {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut debouncer = notify_debouncer_full::new_debouncer(SETTLE, None, tx)?;
-        for dir in &self.dirs {
+        let watched: Vec<RulesDir> = self
+            .dirs
+            .iter()
+            .filter(|d| !skip.contains(&d.path))
+            .cloned()
+            .collect();
+        for dir in &watched {
             debouncer
                 .watch(&dir.path, RecursiveMode::NonRecursive)
                 .map_err(|e| anyhow::anyhow!("cannot watch {}: {e}", dir.path.display()))?;
@@ -421,8 +433,7 @@ impl RuleManager {
                     touched.sort();
                     touched.dedup();
                     for path in touched {
-                        let Some(dir) = manager
-                            .dirs
+                        let Some(dir) = watched
                             .iter()
                             .find(|d| path.parent() == Some(d.path.as_path()))
                         else {

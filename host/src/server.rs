@@ -24,6 +24,8 @@ pub struct AppState {
     pub queue: Arc<BatchQueue>,
     pub dedup: Dedup,
     pub rules: Arc<RuleManager>,
+    /// OCI sources of rule modules, for the rules API.
+    pub sources: Arc<crate::oci::Sources>,
     pub started: Instant,
     /// Alert history for the UI and API; `None` when disabled.
     pub store: Option<Arc<crate::store::AlertStore>>,

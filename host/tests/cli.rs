@@ -1,5 +1,7 @@
 //! The `peregrine` binary as a user runs it.
 
+mod oci;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

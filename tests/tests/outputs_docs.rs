@@ -89,7 +89,8 @@ fn full_config() -> Value {
         "[server.tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n\
          [sandbox.modules.m]\n\
          [tenants.t]\ntokens = [\"0123456789abcdef\"]\n\
-         [[routes]]\noutputs = [\"stdout\"]\n",
+         [[routes]]\noutputs = [\"stdout\"]\n\
+         [[rules.sources]]\ntype = \"oci\"\nreference = \"127.0.0.1:5000/rules/x:1\"\n",
     );
     for (kind, body) in minimal_outputs() {
         toml.push_str(&format!("[outputs.o_{kind}]\ntype = \"{kind}\"\n{body}\n"));
@@ -127,6 +128,10 @@ fn configuration_md_documents_exactly_the_keys_of_every_section() {
     );
     expected.insert("`[tenants.<id>]`".into(), c["tenants"]["t"].clone());
     expected.insert("`[[routes]]`".into(), c["routes"][0].clone());
+    expected.insert(
+        "`[[rules.sources]]` (`type = \"oci\"`)".into(),
+        c["rules"]["sources"][0].clone(),
+    );
     expected.insert(
         "`[outputs.<name>.delivery]`".into(),
         c["outputs"]["o_webhook"]["delivery"].clone(),

@@ -42,7 +42,8 @@ pub(crate) async fn rules(State(app): State<Arc<AppState>>, headers: HeaderMap) 
             ApiAccess::Tenant(t) => m.scope == "global" || m.scope == format!("tenant:{t}"),
         })
         .collect();
-    axum::Json(serde_json::json!({ "modules": modules })).into_response()
+    axum::Json(serde_json::json!({ "modules": modules, "sources": app.sources.report() }))
+        .into_response()
 }
 
 /// `GET /api/v1/alerts?tenant=&rule=&module=&min_priority=&q=&before=&limit=`:

@@ -57,6 +57,8 @@ pub(crate) fn verify(
         config.outputs.len(),
     );
 
+    let failed_sources = check_sources(&config)?;
+
     let config = Arc::new(config);
     let dirs = rules_dirs(&config, &args.rules)?;
     let pipeline = Pipeline::start(config, dirs, Arc::new(Nowhere), false)?;
@@ -111,5 +113,44 @@ pub(crate) fn verify(
         println!("{failed} of {} module(s) failed to load", report.len());
         return Ok(1);
     }
+    if failed_sources > 0 {
+        println!("{failed_sources} rule source(s) could not be pulled and have no cached version");
+        return Ok(1);
+    }
     Ok(0)
+}
+
+/// Pulls every OCI source as `serve` does at start, into the same cache,
+/// and prints what serve would load from each. Returns how many have
+/// nothing to load.
+fn check_sources(config: &PeregrineConfig) -> anyhow::Result<usize> {
+    let sources = crate::oci::Sources::from_config(config)?;
+    if sources.is_empty() {
+        return Ok(0);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(sources.sync_all());
+    let mut failed = 0;
+    for source in sources.iter() {
+        let r = source.report();
+        let digest = r.digest.as_deref().unwrap_or("");
+        match (&r.last_error, source.has_cache()) {
+            (None, _) => println!(
+                "source {}: ok: {digest} ({})",
+                r.reference,
+                r.modules.join(", ")
+            ),
+            (Some(e), true) => println!(
+                "source {}: pull failed, serve would load the cached {digest}: {e}",
+                r.reference
+            ),
+            (Some(e), false) => {
+                failed += 1;
+                println!("source {}: FAILED: {e}", r.reference);
+            }
+        }
+    }
+    Ok(failed)
 }

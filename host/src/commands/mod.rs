@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod replay;
+pub mod rule;
 pub mod serve;
 
 use std::sync::Arc;
@@ -53,6 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Replay(args) => replay::run(args),
         Command::Check(args) => check::run(args),
+        Command::Rule(command) => rule::run(command),
         Command::Bench(args) => bench::run(args),
         Command::BenchRss(args) => bench::rss::child(args),
     }

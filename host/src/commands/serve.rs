@@ -17,6 +17,7 @@ use crate::reload::{RulesDir, RulesWatcher};
 use crate::router::AlertRouter;
 use crate::server::{AppState, app};
 use crate::store::{AlertStore, Tee};
+use crate::oci::{Pollers, Sources};
 use crate::tls::TlsListener;
 
 /// A running webhook server with its pipeline.
@@ -25,6 +26,7 @@ pub struct Server {
     pub state: Arc<AppState>,
     pipeline: Option<Pipeline>,
     _watcher: Option<RulesWatcher>,
+    _pollers: Pollers,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -34,11 +36,21 @@ impl Server {
     /// picks a free port; see [`Server::addr`]).
     pub async fn start(
         config: Arc<PeregrineConfig>,
-        dirs: Vec<RulesDir>,
+        mut dirs: Vec<RulesDir>,
         sink: Arc<dyn AlertSink>,
         watch: bool,
     ) -> anyhow::Result<Server> {
         crate::prometheus::install();
+        // The first pull of every OCI source, so its modules load with the
+        // others; a registry that is down leaves the cached version.
+        let sources = Arc::new(Sources::from_config(&config)?);
+        sources.sync_all().await;
+        let pulled: Vec<std::path::PathBuf> = sources.dirs().into_iter().map(|d| d.path).collect();
+        for d in sources.dirs() {
+            if !dirs.iter().any(|x| x.path == d.path) {
+                dirs.push(d);
+            }
+        }
         let store = match (config.store.enabled, config.store.resolved_path()) {
             (true, Some(path)) => Some(AlertStore::open(&path, config.store.max_alerts)?),
             (true, None) => {
@@ -82,16 +94,18 @@ impl Server {
                 .context("journal recovery panicked")??;
         }
         let watcher = if watch {
-            Some(pipeline.rules.watch()?)
+            Some(pipeline.rules.watch_except(&pulled)?)
         } else {
             None
         };
+        let pollers = sources.spawn_pollers(pipeline.rules.clone());
         let state = Arc::new(AppState {
             config: config.clone(),
             tenants: pipeline.tenants.clone(),
             queue: pipeline.queue.clone(),
             dedup: Dedup::new(config.server.dedup_capacity),
             rules: pipeline.rules.clone(),
+            sources,
             started: Instant::now(),
             store,
             journal,
@@ -131,6 +145,7 @@ impl Server {
             state,
             pipeline: Some(pipeline),
             _watcher: watcher,
+            _pollers: pollers,
             stop: Some(stop),
             task: Some(task),
         })

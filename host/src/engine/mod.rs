@@ -83,11 +83,18 @@ pub enum LoadError {
     Cache(String),
 }
 
+/// The version of the `peregrine:rules` WIT package the host binds
+/// (`wit/rules.wit`).
+pub const CONTRACT_VERSION: &str = "0.1.0";
+
 /// A compiled rule component, ready to be instantiated many times.
 pub struct CompiledModule {
     pre: RuleModulePre<StoreData>,
     /// Whether the component came from the compile cache.
     pub from_cache: bool,
+    /// The `peregrine:rules` package version the component was built
+    /// against, as its imports name it.
+    pub contract: String,
 }
 
 /// The process-wide sandbox engine.
@@ -201,7 +208,12 @@ impl WasmEngine {
             }
         };
         let pre = RuleModulePre::new(pre).map_err(|e| LoadError::Contract(format!("{e:#}")))?;
-        Ok(CompiledModule { pre, from_cache })
+        let contract = contract_of(&self.engine, &component);
+        Ok(CompiledModule {
+            pre,
+            from_cache,
+            contract,
+        })
     }
 
     /// A fresh instance of `module`. Blocks while all pool slots are taken,
@@ -224,6 +236,24 @@ impl WasmEngine {
             permit,
         )
     }
+}
+
+/// The contract version a component names in its `peregrine:rules/...@x.y.z`
+/// imports (the `types` interface its exports use is always among them).
+/// A component that names none still type-checked against the world the
+/// host binds, so that is its contract.
+fn contract_of(engine: &Engine, component: &Component) -> String {
+    let ty = component.component_type();
+    let named = ty
+        .imports(engine)
+        .map(|(name, _)| name)
+        .chain(ty.exports(engine).map(|(name, _)| name))
+        .find_map(|name| {
+            name.strip_prefix("peregrine:rules/")
+                .and_then(|rest| rest.split_once('@'))
+                .map(|(_, version)| version.to_string())
+        });
+    named.unwrap_or_else(|| CONTRACT_VERSION.to_string())
 }
 
 /// Whether the host links `import` itself: its own contract, and the WASI
