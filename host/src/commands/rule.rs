@@ -47,7 +47,11 @@ fn load_modules(path: &Path, config: Option<&Path>) -> anyhow::Result<Vec<Module
     let files = if path.is_dir() {
         let files = discover_modules(path)
             .with_context(|| format!("cannot read directory {}", path.display()))?;
-        anyhow::ensure!(!files.is_empty(), "{} holds no .wasm module", path.display());
+        anyhow::ensure!(
+            !files.is_empty(),
+            "{} holds no .wasm module",
+            path.display()
+        );
         files
     } else {
         anyhow::ensure!(
@@ -133,7 +137,8 @@ fn pull(args: RulePullArgs) -> anyhow::Result<i32> {
         // Names were checked against the manifest: plain file names only.
         let dest = args.output.join(&m.file_name);
         let tmp = args.output.join(format!(".{}.tmp", m.file_name));
-        std::fs::write(&tmp, &m.bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::write(&tmp, &m.bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, &dest).with_context(|| format!("cannot write {}", dest.display()))?;
         println!(
             "{}: {} {} (contract {}, {})",

@@ -12,12 +12,12 @@ use crate::evaluate::AlertSink;
 use crate::evaluate::{Batch, BatchQueue};
 use crate::ingest::Dedup;
 use crate::ingest::journal::{Journal, JournalEntry};
+use crate::oci::{Pollers, Sources};
 use crate::pipeline::{Pipeline, rules_dirs};
 use crate::reload::{RulesDir, RulesWatcher};
 use crate::router::AlertRouter;
 use crate::server::{AppState, app};
 use crate::store::{AlertStore, Tee};
-use crate::oci::{Pollers, Sources};
 use crate::tls::TlsListener;
 
 /// A running webhook server with its pipeline.

@@ -55,7 +55,10 @@ impl ModuleArtifact {
 
     fn annotations(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            (ORG_OPENCONTAINERS_IMAGE_TITLE.to_string(), self.file_name.clone()),
+            (
+                ORG_OPENCONTAINERS_IMAGE_TITLE.to_string(),
+                self.file_name.clone(),
+            ),
             (ANNOTATION_NAME.to_string(), self.name.clone()),
             (ANNOTATION_VERSION.to_string(), self.version.clone()),
             (ANNOTATION_CONTRACT.to_string(), self.contract.clone()),
@@ -137,7 +140,9 @@ pub async fn push(
                 .filter(|(k, _)| k != ORG_OPENCONTAINERS_IMAGE_TITLE),
         );
     }
-    let manifest = OciImageManifest::build(&layers, &config, Some(annotations));
+    let mut manifest = OciImageManifest::build(&layers, &config, Some(annotations));
+    // Optional in the spec, but registries and clients branch on it.
+    manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
 
     let (client, auth) = client_for(&image, options)?;
     let fail = |e| registry_error(&image, &auth, options, e);
@@ -326,7 +331,9 @@ pub fn validate_manifest(body: &[u8]) -> Result<OciImageManifest, String> {
     if let Some(mt) = &manifest.media_type
         && mt != OCI_IMAGE_MEDIA_TYPE
     {
-        return Err(format!("manifest media type {mt}, expected {OCI_IMAGE_MEDIA_TYPE}"));
+        return Err(format!(
+            "manifest media type {mt}, expected {OCI_IMAGE_MEDIA_TYPE}"
+        ));
     }
     if manifest.config.media_type != CONFIG_MEDIA_TYPE {
         return Err(format!(
@@ -349,7 +356,10 @@ pub fn validate_manifest(body: &[u8]) -> Result<OciImageManifest, String> {
             ));
         }
         if !valid_digest(&layer.digest) {
-            return Err(format!("layer digest `{}` is not sha256:<64 hex>", layer.digest));
+            return Err(format!(
+                "layer digest `{}` is not sha256:<64 hex>",
+                layer.digest
+            ));
         }
         if layer.size <= 0 || layer.size as u64 > MAX_MODULE_BYTES {
             return Err(format!(
@@ -417,13 +427,36 @@ mod tests {
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"<html>oops</html>".to_vec(), "not an OCI image manifest"),
             (b"{}".to_vec(), "not an OCI image manifest"),
-            (manifest(layer("../../etc/passwd.wasm", 10, MODULE_MEDIA_TYPE)), "expected a file name"),
-            (manifest(layer(".hidden.wasm", 10, MODULE_MEDIA_TYPE)), "expected a file name"),
-            (manifest(layer("rules.so", 10, MODULE_MEDIA_TYPE)), "expected a file name"),
-            (manifest(layer("r.wasm", (MAX_MODULE_BYTES + 1) as i64, MODULE_MEDIA_TYPE)), "a module is 1 to"),
-            (manifest(layer("r.wasm", -1, MODULE_MEDIA_TYPE)), "a module is 1 to"),
             (
-                manifest(layer("r.wasm", 10, "application/vnd.oci.image.layer.v1.tar+gzip")),
+                manifest(layer("../../etc/passwd.wasm", 10, MODULE_MEDIA_TYPE)),
+                "expected a file name",
+            ),
+            (
+                manifest(layer(".hidden.wasm", 10, MODULE_MEDIA_TYPE)),
+                "expected a file name",
+            ),
+            (
+                manifest(layer("rules.so", 10, MODULE_MEDIA_TYPE)),
+                "expected a file name",
+            ),
+            (
+                manifest(layer(
+                    "r.wasm",
+                    (MAX_MODULE_BYTES + 1) as i64,
+                    MODULE_MEDIA_TYPE,
+                )),
+                "a module is 1 to",
+            ),
+            (
+                manifest(layer("r.wasm", -1, MODULE_MEDIA_TYPE)),
+                "a module is 1 to",
+            ),
+            (
+                manifest(layer(
+                    "r.wasm",
+                    10,
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )),
                 "not application/vnd.peregrine.rule.module.v1+wasm",
             ),
         ];
@@ -431,12 +464,14 @@ mod tests {
             let err = validate_manifest(&body).unwrap_err();
             assert!(err.contains(want), "{want}: {err}");
         }
-        let mut image: serde_json::Value = serde_json::from_slice(&manifest(layer("r.wasm", 1, MODULE_MEDIA_TYPE))).unwrap();
+        let mut image: serde_json::Value =
+            serde_json::from_slice(&manifest(layer("r.wasm", 1, MODULE_MEDIA_TYPE))).unwrap();
         image["config"]["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
         let err = validate_manifest(&serde_json::to_vec(&image).unwrap()).unwrap_err();
         assert!(err.contains("not a Peregrine rule artifact"), "{err}");
         image["config"]["mediaType"] = CONFIG_MEDIA_TYPE.into();
-        image["layers"][0]["annotations"][ANNOTATION_DIGEST] = format!("sha256:{}", "b".repeat(64)).into();
+        image["layers"][0]["annotations"][ANNOTATION_DIGEST] =
+            format!("sha256:{}", "b".repeat(64)).into();
         let err = validate_manifest(&serde_json::to_vec(&image).unwrap()).unwrap_err();
         assert!(err.contains("annotated with digest"), "{err}");
         image["layers"] = serde_json::json!([]);

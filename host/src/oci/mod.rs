@@ -28,7 +28,9 @@ pub use source::{
 /// Why talking to a registry, or what it answered, did not give a module.
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
-    #[error("invalid reference `{reference}`: {message} (expected REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST)")]
+    #[error(
+        "invalid reference `{reference}`: {message} (expected REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY@sha256:DIGEST)"
+    )]
     Reference { reference: String, message: String },
     /// A local file (Docker config, CA) is missing or malformed.
     #[error("{0}")]
@@ -57,8 +59,12 @@ pub fn parse_reference(reference: &str) -> Result<Reference, OciError> {
         reference: reference.to_string(),
         message: format!("{e}"),
     })?;
-    // A bare `name:tag` would silently mean Docker Hub.
-    if !reference.contains('/') {
+    // Without a registry host (Docker's rule: the first component has a `.`
+    // or a `:`, or is `localhost`), a reference would silently mean Docker Hub.
+    let first = reference.split('/').next().unwrap_or_default();
+    let names_registry = reference.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost");
+    if !names_registry {
         return Err(OciError::Reference {
             reference: reference.to_string(),
             message: "name the registry".into(),
@@ -126,10 +132,12 @@ pub(crate) fn client_for(
         user_agent: concat!("peregrine/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     };
-    let client = Client::try_from(config).map_err(|e| OciError::Setup(format!(
-        "cannot set up the registry client: {}",
-        error_chain(&e)
-    )))?;
+    let client = Client::try_from(config).map_err(|e| {
+        OciError::Setup(format!(
+            "cannot set up the registry client: {}",
+            error_chain(&e)
+        ))
+    })?;
     let auth = match &options.docker_config {
         Some(path) => credentials(path, &registry)?,
         None => RegistryAuth::Anonymous,
@@ -185,7 +193,8 @@ pub(crate) fn credentials(path: &Path, registry: &str) -> Result<RegistryAuth, O
     let text = std::fs::read_to_string(path).map_err(|e| setup(format!("cannot read: {e}")))?;
     let config: DockerConfig =
         serde_json::from_str(&text).map_err(|e| setup(format!("not a Docker config: {e}")))?;
-    let docker_hub = |r: &str| matches!(r, "docker.io" | "index.docker.io" | "registry-1.docker.io");
+    let docker_hub =
+        |r: &str| matches!(r, "docker.io" | "index.docker.io" | "registry-1.docker.io");
     let Some((key, entry)) = config.auths.iter().find(|(k, _)| {
         let k = auth_key_registry(k);
         k.eq_ignore_ascii_case(registry) || (docker_hub(k) && docker_hub(registry))
@@ -200,9 +209,11 @@ pub(crate) fn credentials(path: &Path, registry: &str) -> Result<RegistryAuth, O
             .map_err(|e| setup(format!("auths.\"{key}\".auth is not base64: {e}")))?;
         let decoded = String::from_utf8(decoded)
             .map_err(|_| setup(format!("auths.\"{key}\".auth is not UTF-8")))?;
-        let (user, pass) = decoded
-            .split_once(':')
-            .ok_or_else(|| setup(format!("auths.\"{key}\".auth is not base64 of user:password")))?;
+        let (user, pass) = decoded.split_once(':').ok_or_else(|| {
+            setup(format!(
+                "auths.\"{key}\".auth is not base64 of user:password"
+            ))
+        })?;
         return Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()));
     }
     if let (Some(user), Some(pass)) = (&entry.username, &entry.password) {
@@ -291,10 +302,21 @@ mod tests {
     #[test]
     fn loopback_registries_may_use_plain_http_others_need_tls() {
         let none = RegistryOptions::default();
-        for r in ["localhost:5000", "127.0.0.1:5000", "127.0.0.1", "[::1]:5000", "LOCALHOST"] {
+        for r in [
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "127.0.0.1",
+            "[::1]:5000",
+            "LOCALHOST",
+        ] {
             assert!(uses_plain_http(r, &none), "{r}");
         }
-        for r in ["registry.example", "registry.example:5000", "10.0.0.1:5000", "localhost.example"] {
+        for r in [
+            "registry.example",
+            "registry.example:5000",
+            "10.0.0.1:5000",
+            "localhost.example",
+        ] {
             assert!(!uses_plain_http(r, &none), "{r}");
         }
         let plain = RegistryOptions {
@@ -323,17 +345,26 @@ mod tests {
         )
         .unwrap();
         match credentials(&path, "127.0.0.1:5000").unwrap() {
-            RegistryAuth::Basic(u, p) => assert_eq!((u.as_str(), p.as_str()), ("alice", "s3cr3t:and-more")),
+            RegistryAuth::Basic(u, p) => {
+                assert_eq!((u.as_str(), p.as_str()), ("alice", "s3cr3t:and-more"))
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(credentials(&path, "docker.io").unwrap(), RegistryAuth::Basic(u, _) if u == "bob"));
-        assert!(matches!(credentials(&path, "other.example").unwrap(), RegistryAuth::Anonymous));
+        assert!(
+            matches!(credentials(&path, "docker.io").unwrap(), RegistryAuth::Basic(u, _) if u == "bob")
+        );
+        assert!(matches!(
+            credentials(&path, "other.example").unwrap(),
+            RegistryAuth::Anonymous
+        ));
         let err = credentials(&path, "ghcr.io").unwrap_err().to_string();
         assert!(err.contains("identity token"), "{err}");
         std::fs::write(&path, "not json").unwrap();
         let err = credentials(&path, "x").unwrap_err().to_string();
         assert!(err.contains("not a Docker config"), "{err}");
-        let err = credentials(&dir.path().join("none.json"), "x").unwrap_err().to_string();
+        let err = credentials(&dir.path().join("none.json"), "x")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cannot read"), "{err}");
     }
 
@@ -343,7 +374,12 @@ mod tests {
         assert!(parse_reference("registry.example/rules/falco@sha256:0123456789012345678901234567890123456789012345678901234567890123").is_ok());
         let err = parse_reference("falco:1.0").unwrap_err().to_string();
         assert!(err.contains("name the registry"), "{err}");
-        let err = parse_reference("registry.example/Rules:bad tag").unwrap_err().to_string();
+        let err = parse_reference("rules/falco:1.0").unwrap_err().to_string();
+        assert!(err.contains("name the registry"), "{err}");
+        assert!(parse_reference("localhost/rules/falco:1.0").is_ok());
+        let err = parse_reference("registry.example/Rules:bad tag")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("invalid reference"), "{err}");
     }
 }

@@ -134,11 +134,14 @@ impl OciSource {
         let reference = parse_reference(&config.reference)?;
         let dir = cache_root.join("oci").join(dir_name(&config.reference));
         std::fs::create_dir_all(&dir).map_err(|e| {
-            OciError::Setup(format!("cannot create the cache directory {}: {e}", dir.display()))
+            OciError::Setup(format!(
+                "cannot create the cache directory {}: {e}",
+                dir.display()
+            ))
         })?;
-        let dir = dir.canonicalize().map_err(|e| {
-            OciError::Setup(format!("cache directory {}: {e}", dir.display()))
-        })?;
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| OciError::Setup(format!("cache directory {}: {e}", dir.display())))?;
         let cached = std::fs::read(dir.join(STATE_FILE))
             .ok()
             .and_then(|b| serde_json::from_slice::<CacheState>(&b).ok())
@@ -241,7 +244,11 @@ impl OciSource {
             reference: self.config.reference.clone(),
             dir: self.dir.clone(),
             digest: s.cached.as_ref().map(|c| c.manifest_digest.clone()),
-            modules: s.cached.as_ref().map(|c| c.modules.clone()).unwrap_or_default(),
+            modules: s
+                .cached
+                .as_ref()
+                .map(|c| c.modules.clone())
+                .unwrap_or_default(),
             last_success: s.last_success.map(rfc3339),
             last_attempt: s.last_attempt.map(rfc3339),
             last_error: s.last_error.clone(),
@@ -261,7 +268,13 @@ fn rfc3339(t: SystemTime) -> String {
 fn dir_name(reference: &str) -> String {
     let readable: String = reference
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(80)
         .collect();
     let hash = hex::encode(Sha256::digest(reference.as_bytes()));
@@ -419,10 +432,11 @@ mod tests {
         let err = PeregrineConfig::parse("[[rules.sources]]\ntype = \"git\"\nreference = \"x\"\n")
             .unwrap_err();
         assert!(err.contains("oci"), "{err}");
-        let err = PeregrineConfig::parse("[[rules.sources]]\ntype = \"oci\"\nreference = \"falco\"\n")
-            .unwrap()
-            .validated()
-            .unwrap_err();
+        let err =
+            PeregrineConfig::parse("[[rules.sources]]\ntype = \"oci\"\nreference = \"falco\"\n")
+                .unwrap()
+                .validated()
+                .unwrap_err();
         assert!(err.contains("name the registry"), "{err}");
     }
 

@@ -15,7 +15,10 @@ use peregrine_sdk::{ModuleInfo, RuleInfo};
 
 use crate::engine::{CompiledModule, SandboxLimits};
 
-pub use loader::{LoadFailure, ModuleLoader, digest_of, discover_modules, module_key, read_module};
+pub use loader::{
+    LoadFailure, MAX_MODULE_BYTES, ModuleLoader, digest_of, discover_modules, module_key,
+    read_module,
+};
 pub use state::StateStore;
 
 /// Who a module serves: every tenant, or one.

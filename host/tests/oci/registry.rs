@@ -115,7 +115,11 @@ impl Registry {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("docker-registry exited with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "docker-registry did not listen:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -133,7 +137,10 @@ impl Registry {
 
     /// The registry's own files under its storage root.
     pub fn storage(&self, rel: &str) -> PathBuf {
-        self.root.path().join("storage/docker/registry/v2").join(rel)
+        self.root
+            .path()
+            .join("storage/docker/registry/v2")
+            .join(rel)
     }
 }
 
