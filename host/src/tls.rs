@@ -17,6 +17,14 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
 
+/// Makes ring the process's default rustls crypto provider, once. The OCI
+/// client (reqwest) is built without a provider of its own and uses the
+/// default, so the process keeps one TLS stack; and since cargo unifies
+/// features, any reqwest client in the same build relies on it too.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// How long a client may take to complete the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -14,6 +14,13 @@ use peregrine::reload::RulesDir;
 use peregrine::rules::Scope;
 
 /// The workspace root.
+/// An HTTP client for the tests. reqwest shares the host's rustls build,
+/// which has no crypto provider of its own: the host's must be installed first.
+pub fn http_client() -> reqwest::Client {
+    peregrine::tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -170,7 +177,7 @@ impl TestServer {
             server: Some(server),
             alerts,
             base,
-            client: reqwest::Client::new(),
+            client: http_client(),
             _dirs: dirs.into_iter().map(|(_, d)| d).collect(),
         }
     }

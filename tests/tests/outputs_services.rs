@@ -464,7 +464,7 @@ async fn alertmanager_receives_alerts_with_labels_from_rule_priority_tenant_and_
         dir.path(),
     );
     am.wait_port(port).await;
-    let client = reqwest::Client::new();
+    let client = peregrine_tests::http_client();
     let deadline = Instant::now() + PATIENCE;
     loop {
         let ready = client

@@ -106,9 +106,7 @@ pub(crate) fn client_for(
     reference: &Reference,
     options: &RegistryOptions,
 ) -> Result<(Client, RegistryAuth), OciError> {
-    // reqwest is built without a crypto provider of its own: it uses the
-    // process default, which is the ring provider the rest of the host uses.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::tls::install_crypto_provider();
     let registry = reference.resolve_registry().to_string();
     let protocol = if uses_plain_http(&registry, options) {
         ClientProtocol::Http

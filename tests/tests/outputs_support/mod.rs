@@ -97,7 +97,7 @@ impl RoutedServer {
             base: format!("http://{}", server.addr()),
             server: Some(server),
             router,
-            client: reqwest::Client::new(),
+            client: peregrine_tests::http_client(),
             _rules: dir,
         }
     }
