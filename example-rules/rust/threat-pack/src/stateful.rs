@@ -154,11 +154,12 @@ pub fn user_agent_family(user_agent: &str) -> String {
 /// state interface stores no timestamps a rule can read back, so:
 /// - `known`: `first-seen(identity, retention)`. False means the identity was
 ///   seen within the retention period (every event refreshes it).
-/// - `learning`: the first event of an identity adds 1 to a counter whose
-///   window is the learning period. Later events read it with a delta of 0:
-///   it is 1 while that first event is less than `learning_seconds` old and 0
-///   after (the counter's buckets are one second wide, so this is the exact
-///   learning period, to the second, in event time).
+/// - `learning`: the first event of an identity adds the member `born` to a
+///   distinct set whose window is the learning period. Later events add the
+///   member `probe` and read the count: 2 while `born` is less than
+///   `learning_seconds` old, 1 after it expired. Members are timed to the
+///   second, so this is the learning period exactly, to the second, in event
+///   time, and the set never holds more than two members.
 /// - `new family`: `first-seen(identity + family, retention)`, called on
 ///   every event, so families used while learning are learned too.
 ///
@@ -183,9 +184,9 @@ pub fn new_user_agent(x: &Ctx) -> Option<Alert> {
     let known = !first_seen(&x.key(&["identity", user]), retention, t);
     let birth = x.key(&["learning", user]);
     let still_learning = if known {
-        counter_add(&birth, 0, learning, t) > 0
+        distinct_add(&birth, "probe", learning, t) > 1
     } else {
-        counter_add(&birth, 1, learning, t);
+        distinct_add(&birth, "born", learning, t);
         true
     };
     let new_family = first_seen(&x.key(&["family", user, &family]), retention, t);
@@ -202,11 +203,13 @@ pub fn rbac_then_workload(x: &Ctx) -> Option<Alert> {
     let e = x.event;
     let resource = e.resource()?;
     let user = e.user_name();
+    // A set of at most two members: `rbac` (refreshed by every RBAC write)
+    // and `probe` (added by workload writes to read the count).
     let key = x.key(&["rbac", user]);
     let window = x.settings.window_seconds;
     if RBAC_RESOURCES.contains(&resource) {
         if e.subresource().is_none() {
-            counter_add(&key, 1, window, now(x));
+            distinct_add(&key, "rbac", window, now(x));
         }
         return None;
     }
@@ -216,20 +219,20 @@ pub fn rbac_then_workload(x: &Ctx) -> Option<Alert> {
     if !workload || !direct || !matches!(e.verb(), "create" | "patch") {
         return None;
     }
-    let writes = counter_add(&key, 0, window, now(x));
-    if writes == 0 || !first_alert_of_burst(x, user) {
+    let rbac_recent = distinct_add(&key, "probe", window, now(x)) > 1;
+    if !rbac_recent || !first_alert_of_burst(x, user) {
         return None;
     }
     Some(
         x.alert(&format!(
-            "Workload {} by {user} within {window}s of {writes} RBAC write(s) by the same user",
+            "Workload {} by {user} within {window}s of an RBAC write by the same user",
             if e.verb() == "create" {
                 "created"
             } else {
                 "patched"
             }
         ))
-        .field("threat.rbac_writes", writes),
+        .field("threat.window_seconds", u64::from(window)),
     )
 }
 
