@@ -137,6 +137,17 @@ fn every_rule_is_documented() {
             def.id
         );
     }
+    let policy_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../deploy/kubernetes/apiserver/audit-policy.yaml"
+    );
+    let policy = std::fs::read_to_string(policy_path).expect("audit-policy.yaml");
+    let shown = docs
+        .split("```yaml\n")
+        .last()
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/detections.md shows the audit policy");
+    assert_eq!(shown, policy, "the audit policy in docs/detections.md is not the deployed one");
 }
 
 #[test]
