@@ -88,3 +88,51 @@ fn threat_pack_alerts_carry_rule_id_tags_and_priority() {
     );
     assert_eq!(json["output_fields"]["ka.user.name"], "alice");
 }
+
+#[test]
+fn the_documented_threat_pack_configuration_loads_and_applies() {
+    let docs = std::fs::read_to_string(root().join("docs/detections.md")).unwrap();
+    let block = docs
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("docs/detections.md shows a configuration");
+    let table: toml::Table = block.parse().expect("the documented configuration is TOML");
+    let module = table["modules"]["k8s_threats"]
+        .as_table()
+        .expect("it configures k8s_threats")
+        .clone();
+    let events = vec![
+        // Listed in extra_control_plane_users: not looked at.
+        cases::simple("patch", "nodes", None, Some("n1"))
+            .user("system:serviceaccount:ops:node-labeler")
+            .audit_id("doc-1")
+            .done(),
+        // Excepted namespace pattern.
+        cases::exec("get", "sandbox-bob", "web-0", &["sh", "-c", "curl x | sh"])
+            .audit_id("doc-2")
+            .done(),
+        // Disabled rule.
+        cases::ev("get", "/api/v1/namespaces/db/pods/p/portforward?ports=5432")
+            .object("pods", Some("db"), Some("p"))
+            .sub("portforward")
+            .audit_id("doc-3")
+            .done(),
+        // Still on.
+        cases::exec("get", "shop", "web-0", &["sh", "-c", "curl x | sh"])
+            .audit_id("doc-4")
+            .done(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("events.json");
+    std::fs::write(&file, serde_json::to_string(&events).unwrap()).unwrap();
+    let mut config = test_config();
+    config.modules.insert("k8s_threats".to_string(), module);
+    let (alerts, rejected) = evaluate_file(config, &[example_module("k8s_threats")], &file);
+    assert!(rejected.is_empty(), "{rejected:?}");
+    let got: Vec<(&str, &str)> = alerts
+        .iter()
+        .map(|a| (a.rule_id.as_str(), a.audit_id.as_str()))
+        .collect();
+    assert_eq!(got, [("exec-shell-or-download", "doc-4")]);
+}

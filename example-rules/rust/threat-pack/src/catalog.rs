@@ -591,8 +591,8 @@ pub const RULES: &[RuleDef] = &[
         check: resources::privileged_impersonation,
     },
     RuleDef {
-        id: "anonymous-request-allowed",
-        name: "Anonymous Request Allowed",
+        id: "unauthenticated-request-succeeded",
+        name: "Unauthenticated Request Succeeded",
         priority: Priority::Warning,
         tags: &["T1078.001", "T1190", "k8s", "initial-access"],
         desc: "An unauthenticated request succeeded on something other than a health or discovery endpoint",

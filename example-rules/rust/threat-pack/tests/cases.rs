@@ -147,7 +147,10 @@ fn every_rule_is_documented() {
         .last()
         .and_then(|rest| rest.split("```").next())
         .expect("docs/detections.md shows the audit policy");
-    assert_eq!(shown, policy, "the audit policy in docs/detections.md is not the deployed one");
+    assert_eq!(
+        shown, policy,
+        "the audit policy in docs/detections.md is not the deployed one"
+    );
 }
 
 #[test]

@@ -1247,7 +1247,7 @@ fn single_request_cases() -> Vec<Case> {
                     .user("system:anonymous")
                     .ua("python-requests/2.31.0"),
             ],
-            &["anonymous-request-allowed"],
+            &["unauthenticated-request-succeeded"],
         ),
         case(
             "near miss: anonymous health check, and an anonymous request denied",
