@@ -212,9 +212,9 @@ pub fn tar_to_stdout(command: &[String]) -> bool {
         for w in args {
             if *w == "--create" {
                 create = true;
-            } else if *w == "--file=-" || *w == "-f-" || *w == "--to-stdout" {
-                stdout = true;
-            } else if *w == "-" && file_flag_pending {
+            } else if matches!(*w, "--file=-" | "-f-" | "--to-stdout")
+                || (*w == "-" && file_flag_pending)
+            {
                 stdout = true;
             } else if *w == "--file" {
                 file_flag_pending = true;

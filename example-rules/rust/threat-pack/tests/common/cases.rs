@@ -928,7 +928,7 @@ fn stateful_cases() -> Vec<Case> {
         ),
         case(
             "near miss: nine 403s, then a tenth after the window",
-            repeat(9, |i| forbidden(i))
+            repeat(9, forbidden)
                 .into_iter()
                 .chain([forbidden(120)])
                 .collect(),
