@@ -1,6 +1,7 @@
 //! Falco's own k8s-audit regression suite, and the fixtures for the rules it
 //! never exercises, run through the host with the Wasm rule pack: the same
-//! expectations the pack's native tests check, now end to end.
+//! expectations the pack's native tests check, now end to end. The threat
+//! pack's cases run here too (`threat_pack/engine.rs`), in the same binary.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -8,6 +9,9 @@ use std::path::{Path, PathBuf};
 use peregrine::config::RuleMatching;
 use peregrine_tests::*;
 use serde_json::Value;
+
+#[path = "threat_pack/engine.rs"]
+mod threat_pack;
 
 /// Merges configuration fragments: objects key by key, arrays appended,
 /// anything else replaced (the rule the pack's overrides file documents).
