@@ -38,6 +38,10 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/k8s-audit", post(webhook::ingest_default))
         .route("/k8s-audit/{tenant}", post(webhook::ingest_tenant))
+        .route(
+            "/k8s-audit/{tenant}/{cluster}",
+            post(webhook::ingest_cluster),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(crate::prometheus::metrics_handler))
         .route("/api/v1/rules", get(api::rules))

@@ -88,8 +88,9 @@ impl Server {
             .context("module loading panicked")??;
         if let Some(journal) = &journal {
             let (journal, queue) = (journal.clone(), pipeline.queue.clone());
+            let tenants = pipeline.tenants.clone();
             let max_event = config.server.max_event_bytes;
-            tokio::task::spawn_blocking(move || recover(&journal, &queue, max_event))
+            tokio::task::spawn_blocking(move || recover(&journal, &queue, &tenants, max_event))
                 .await
                 .context("journal recovery panicked")??;
         }
@@ -182,6 +183,7 @@ impl Server {
 fn recover(
     journal: &Arc<Journal>,
     queue: &BatchQueue,
+    tenants: &crate::tenants::Tenants,
     max_event_bytes: usize,
 ) -> anyhow::Result<()> {
     let pending = journal.pending(max_event_bytes)?;
@@ -196,8 +198,15 @@ fn recover(
     );
     metrics::counter!("peregrine_journal_recovered_total").increment(events as u64);
     for p in pending {
+        // Written before clusters were recorded: the tenant's own.
+        let cluster = p.cluster.unwrap_or_else(|| {
+            tenants
+                .get(&p.tenant)
+                .map_or_else(|| p.tenant.clone(), |t| t.cluster.clone())
+        });
         let mut batch = Batch {
             tenant: p.tenant,
+            cluster,
             events: p.events,
             reply: None,
             journal: Some(JournalEntry::new(journal.clone(), p.id)),

@@ -5,6 +5,7 @@ pub mod dedup;
 pub(crate) mod envelope;
 pub mod journal;
 pub mod replay;
+pub(crate) mod submit;
 pub mod webhook;
 
 pub use decode::{Decoded, PayloadError, Rejection, decode_payload};
