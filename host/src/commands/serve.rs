@@ -27,6 +27,7 @@ pub struct Server {
     pipeline: Option<Pipeline>,
     _watcher: Option<RulesWatcher>,
     _pollers: Pollers,
+    sources: Vec<crate::ingest::sources::file::FileSource>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -110,7 +111,9 @@ impl Server {
             started: Instant::now(),
             store,
             journal,
+            push: Arc::new(crate::ingest::sources::PushSources::from_config(&config)?),
         });
+        let sources = crate::ingest::sources::start_files(&config, &state)?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -147,6 +150,7 @@ impl Server {
             pipeline: Some(pipeline),
             _watcher: watcher,
             _pollers: pollers,
+            sources,
             stop: Some(stop),
             task: Some(task),
         })
@@ -171,6 +175,10 @@ impl Server {
         if let Some(task) = self.task.take() {
             task.await.context("server task panicked")??;
         }
+        // Sources stop before the queue closes: what they read and did not
+        // hand over is read again at the next start.
+        let sources = std::mem::take(&mut self.sources);
+        tokio::task::spawn_blocking(move || sources.into_iter().for_each(|s| s.stop())).await?;
         if let Some(mut pipeline) = self.pipeline.take() {
             tokio::task::spawn_blocking(move || pipeline.drain()).await?;
         }
