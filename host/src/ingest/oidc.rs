@@ -45,7 +45,7 @@ struct Claims {
 }
 
 enum KeySource {
-    Url(HttpClient, url::Url),
+    Url(Box<(HttpClient, url::Url)>),
     File(PathBuf),
 }
 
@@ -77,10 +77,10 @@ impl Verifier {
         validation.validate_nbf = true;
         let source = match &config.jwks_file {
             Some(path) => KeySource::File(path.clone()),
-            None => KeySource::Url(
+            None => KeySource::Url(Box::new((
                 client(&TlsConfig::default(), 10_000).map_err(|e| anyhow::anyhow!("{e}"))?,
                 parse_url("jwks_url", &config.jwks_url).map_err(|e| anyhow::anyhow!("{e}"))?,
-            ),
+            ))),
         };
         Ok(Verifier {
             validation,
@@ -160,7 +160,8 @@ impl Verifier {
             KeySource::File(path) => {
                 std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
             }
-            KeySource::Url(client, url) => {
+            KeySource::Url(target) => {
+                let (client, url) = &**target;
                 let (status, body) = client.get(url, MAX_JWKS_BYTES).await?;
                 if status != 200 {
                     return Err(format!(

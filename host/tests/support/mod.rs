@@ -148,8 +148,7 @@ impl Running {
     pub fn kill(mut self) -> Vec<String> {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        let out = self.stdout.lock().unwrap().clone();
-        out
+        self.stdout.lock().unwrap().clone()
     }
 
     /// SIGTERM, then waits for a clean exit.
@@ -160,8 +159,7 @@ impl Running {
         assert!(status.success(), "peregrine exited with {status}");
         // The readers finish once the pipes close.
         std::thread::sleep(Duration::from_millis(200));
-        let out = self.stdout.lock().unwrap().clone();
-        out
+        self.stdout.lock().unwrap().clone()
     }
 }
 
