@@ -27,7 +27,7 @@ pub struct Server {
     pipeline: Option<Pipeline>,
     _watcher: Option<RulesWatcher>,
     _pollers: Pollers,
-    sources: Vec<crate::ingest::sources::file::FileSource>,
+    file_sources: Vec<crate::ingest::sources::file::FileSource>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -113,7 +113,7 @@ impl Server {
             journal,
             push: Arc::new(crate::ingest::sources::PushSources::from_config(&config)?),
         });
-        let sources = crate::ingest::sources::start_files(&config, &state)?;
+        let file_sources = crate::ingest::sources::start_files(&config, &state)?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -150,7 +150,7 @@ impl Server {
             pipeline: Some(pipeline),
             _watcher: watcher,
             _pollers: pollers,
-            sources,
+            file_sources,
             stop: Some(stop),
             task: Some(task),
         })
@@ -177,8 +177,9 @@ impl Server {
         }
         // Sources stop before the queue closes: what they read and did not
         // hand over is read again at the next start.
-        let sources = std::mem::take(&mut self.sources);
-        tokio::task::spawn_blocking(move || sources.into_iter().for_each(|s| s.stop())).await?;
+        let file_sources = std::mem::take(&mut self.file_sources);
+        tokio::task::spawn_blocking(move || file_sources.into_iter().for_each(|s| s.stop()))
+            .await?;
         if let Some(mut pipeline) = self.pipeline.take() {
             tokio::task::spawn_blocking(move || pipeline.drain()).await?;
         }
