@@ -84,6 +84,14 @@ pub const RULE_ERROR: &str = "Peregrine Rule Error";
 /// operators route and mute on ids, which stay when a display name changes.
 pub const RULE_ID_FIELD: &str = "peregrine.rule_id";
 
+/// The output field that carries the cluster the event came from, set by
+/// the host on every alert from the tenant, request or source.
+pub const CLUSTER_FIELD: &str = "peregrine.cluster";
+
+fn unnamed_cluster() -> Arc<str> {
+    crate::tenants::DEFAULT_TENANT.into()
+}
+
 /// One alert, with where it came from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
@@ -98,6 +106,10 @@ pub struct Alert {
     pub tags: Vec<String>,
     pub fields: Vec<(String, Option<String>)>,
     pub tenant: Arc<str>,
+    /// The cluster of the event. Alerts spooled before clusters existed
+    /// read back as `default`.
+    #[serde(default = "unnamed_cluster")]
+    pub cluster: Arc<str>,
     /// Key of the module (its file name without `.wasm`).
     pub module: String,
     /// sha256 of the module that raised it.
@@ -160,7 +172,7 @@ impl Alert {
     }
 
     /// Falco's JSON alert. Peregrine adds its provenance as output fields
-    /// (`peregrine.rule_id`, `peregrine.tenant`, `peregrine.module`,
+    /// (`peregrine.rule_id`, `peregrine.tenant`, `peregrine.cluster`, `peregrine.module`,
     /// `peregrine.module_digest`, `ka.auditid`), which Falco consumers pass
     /// through.
     pub fn to_falco_json(&self) -> serde_json::Value {
@@ -171,6 +183,7 @@ impl Alert {
             .collect();
         output_fields.insert(RULE_ID_FIELD, Some(&self.rule_id));
         output_fields.insert("peregrine.tenant", Some(&self.tenant));
+        output_fields.insert(CLUSTER_FIELD, Some(&self.cluster));
         output_fields.insert("peregrine.module", Some(&self.module));
         output_fields.insert("peregrine.module_digest", Some(&self.module_digest));
         output_fields
@@ -192,13 +205,14 @@ impl Alert {
     /// One readable line.
     pub fn to_text_line(&self) -> String {
         format!(
-            "{} {:<13} {} [{}] {} (tenant={} module={})",
+            "{} {:<13} {} [{}] {} (tenant={} cluster={} module={})",
             self.time_rfc3339(),
             self.priority.as_str(),
             self.rule,
             self.tags.join(","),
             self.output,
             self.tenant,
+            self.cluster,
             self.module
         )
     }
@@ -221,6 +235,7 @@ mod tests {
                 ("ka.target.name".into(), None),
             ],
             tenant: "default".into(),
+            cluster: "prod-eu".into(),
             module: "falco_k8s_audit".into(),
             module_digest: "ab".repeat(32),
             audit_id: "id-1".into(),
@@ -245,6 +260,7 @@ mod tests {
         assert!(v["output_fields"]["ka.target.name"].is_null());
         assert_eq!(v["output_fields"]["peregrine.module"], "falco_k8s_audit");
         assert_eq!(v["output_fields"]["ka.auditid"], "id-1");
+        assert_eq!(v["output_fields"]["peregrine.cluster"], "prod-eu");
         assert_eq!(
             v["output_fields"]["peregrine.rule_id"],
             "create-privileged-pod"

@@ -149,6 +149,12 @@ pub struct ReplayArgs {
     #[arg(long, default_value = crate::tenants::DEFAULT_TENANT)]
     pub tenant: String,
 
+    /// Cluster of the events whose envelope names none (`peregrine.cluster`
+    /// of their alerts; state is kept per cluster). Default: the tenant's
+    /// `cluster`, else the tenant's id.
+    #[arg(long)]
+    pub cluster: Option<String>,
+
     /// Never show a progress bar, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,

@@ -35,6 +35,8 @@ pub struct PeregrineConfig {
     pub auth: crate::tenants::AuthConfig,
     /// Tenants by id. The `default` tenant (`/k8s-audit`) always exists.
     pub tenants: BTreeMap<String, crate::tenants::TenantConfig>,
+    /// Inputs besides the webhook: audit log files, push endpoints' settings.
+    pub sources: Vec<crate::ingest::sources::SourceConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -298,6 +300,7 @@ impl PeregrineConfig {
             }
         }
         crate::router::validate(&self)?;
+        crate::ingest::sources::validate(&self)?;
         Ok(self)
     }
 

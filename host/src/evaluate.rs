@@ -30,6 +30,8 @@ struct RuleTally {
 /// Events of one tenant, evaluated together with one instance per module.
 pub struct Batch {
     pub tenant: Arc<str>,
+    /// The cluster the events came from (`peregrine.cluster` of their alerts).
+    pub cluster: Arc<str>,
     pub events: Vec<AuditEvent>,
     /// Where to send the alerts instead of the sink (replay keeps order this way).
     pub reply: Option<crossbeam_channel::Sender<Vec<Alert>>>,
@@ -236,10 +238,23 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// Evaluates a batch and returns its alerts in event order. Every event
-    /// of the batch sees the same version of every module.
-    #[tracing::instrument(name = "evaluate", skip_all, fields(tenant = %tenant, events = events.len()))]
+    /// [`Evaluator::evaluate_in`] for events that name no cluster: the
+    /// tenant's id stands for it, as for a tenant without `cluster`.
     pub fn evaluate_batch(&self, tenant: &Arc<str>, events: &[AuditEvent]) -> Vec<Alert> {
+        self.evaluate_in(tenant, tenant, events)
+    }
+
+    /// Evaluates a batch of `cluster`'s events and returns its alerts in
+    /// event order. Every event of the batch sees the same version of every
+    /// module; stateful rules count per tenant and cluster.
+    #[tracing::instrument(name = "evaluate", skip_all, fields(tenant = %tenant, cluster = %cluster, events = events.len()))]
+    pub fn evaluate_in(
+        &self,
+        tenant: &Arc<str>,
+        cluster: &Arc<str>,
+        events: &[AuditEvent],
+    ) -> Vec<Alert> {
+        let at = Place { tenant, cluster };
         let rules = self.rules.load_full();
         let mut prepared: Vec<Option<PreparedEvent>> = (0..events.len()).map(|_| None).collect();
         let mut per_event: Vec<Vec<Alert>> = vec![Vec::new(); events.len()];
@@ -247,7 +262,7 @@ impl Evaluator {
             if module.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER {
                 continue;
             }
-            self.run_module(module, tenant, events, &mut prepared, &mut per_event);
+            self.run_module(module, &at, events, &mut prepared, &mut per_event);
         }
         metrics::counter!("peregrine_events_evaluated_total").increment(events.len() as u64);
         per_event.into_iter().flatten().collect()
@@ -256,11 +271,12 @@ impl Evaluator {
     fn run_module<'e>(
         &self,
         module: &LoadedModule,
-        tenant: &'e Arc<str>,
+        at: &Place<'e>,
         events: &'e [AuditEvent],
         prepared: &mut [Option<PreparedEvent<'e>>],
         per_event: &mut [Vec<Alert>],
     ) {
+        let tenant = at.tenant;
         let mut instance: Option<ModuleInstance> = None;
         // Per rule over this batch: events admitted, failed calls, and call
         // time. One call evaluates every rule of the module, so a call's time
@@ -281,13 +297,13 @@ impl Evaluator {
             }
             let inst = match &mut instance {
                 Some(inst) => inst,
-                None => match self.fresh_instance(module, tenant) {
+                None => match self.fresh_instance(module, at) {
                     Ok(inst) => instance.insert(inst),
                     Err(e) => {
                         for id in &admitted {
                             tally.entry(id).or_default().errors += 1;
                         }
-                        per_event[i].push(self.rule_error(module, tenant, ev, &e));
+                        per_event[i].push(self.rule_error(module, at, ev, &e));
                         continue;
                     }
                 },
@@ -309,12 +325,12 @@ impl Evaluator {
             match result {
                 Ok(alerts) => {
                     module.stats.consecutive_errors.store(0, Ordering::Relaxed);
-                    self.accept(module, tenant, ev, alerts, &mut per_event[i]);
+                    self.accept(module, at, ev, alerts, &mut per_event[i]);
                 }
                 Err(e) => {
                     // A failed call poisons the store: start over with a fresh one.
                     instance = None;
-                    per_event[i].push(self.rule_error(module, tenant, ev, &e));
+                    per_event[i].push(self.rule_error(module, at, ev, &e));
                 }
             }
         }
@@ -334,9 +350,11 @@ impl Evaluator {
     fn fresh_instance(
         &self,
         module: &LoadedModule,
-        tenant: &Arc<str>,
+        at: &Place,
     ) -> Result<ModuleInstance, CallError> {
-        let state = self.states.table(tenant, &module.scope, &module.key);
+        let state = self
+            .states
+            .table_in(at.tenant, at.cluster, &module.scope, &module.key);
         let mut inst = self.engine.instantiate(
             &module.compiled,
             module.label.clone(),
@@ -354,7 +372,7 @@ impl Evaluator {
     fn accept(
         &self,
         module: &LoadedModule,
-        tenant: &Arc<str>,
+        at: &Place,
         ev: &AuditEvent,
         alerts: Vec<peregrine_sdk::Alert>,
         out: &mut Vec<Alert>,
@@ -362,7 +380,8 @@ impl Evaluator {
         let origin = AlertOrigin {
             module: &module.key,
             digest: &module.digest,
-            tenant,
+            tenant: at.tenant,
+            cluster: at.cluster,
             hostname: &self.hostname,
         };
         let accepted = accept_alerts(
@@ -374,7 +393,7 @@ impl Evaluator {
         );
         for id in &accepted.undeclared {
             let e = CallError::Trap(format!("returned an alert for undeclared rule id `{id}`"));
-            out.push(self.rule_error(module, tenant, ev, &e));
+            out.push(self.rule_error(module, at, ev, &e));
         }
         if accepted.disabled > 0 {
             metrics::counter!("peregrine_alerts_dropped_total", "reason" => "rule_disabled")
@@ -394,7 +413,7 @@ impl Evaluator {
     fn rule_error(
         &self,
         module: &LoadedModule,
-        tenant: &Arc<str>,
+        at: &Place,
         ev: &AuditEvent,
         e: &CallError,
     ) -> Alert {
@@ -433,7 +452,8 @@ impl Evaluator {
                     ev.resource().map(str::to_string),
                 ),
             ],
-            tenant: tenant.clone(),
+            tenant: at.tenant.clone(),
+            cluster: at.cluster.clone(),
             module: module.key.clone(),
             module_digest: module.digest.clone(),
             audit_id: ev.audit_id.clone(),
@@ -442,11 +462,18 @@ impl Evaluator {
     }
 }
 
+/// Whose events a batch holds.
+struct Place<'a> {
+    tenant: &'a Arc<str>,
+    cluster: &'a Arc<str>,
+}
+
 /// Where alerts come from: stamped on each alert.
 pub struct AlertOrigin<'a> {
     pub module: &'a str,
     pub digest: &'a str,
     pub tenant: &'a Arc<str>,
+    pub cluster: &'a Arc<str>,
     pub hostname: &'a Arc<str>,
 }
 
@@ -509,6 +536,7 @@ pub fn accept_alerts<'r>(
                 tags,
                 fields,
                 tenant: origin.tenant.clone(),
+                cluster: origin.cluster.clone(),
                 module: origin.module.to_string(),
                 module_digest: origin.digest.to_string(),
                 audit_id: ev.audit_id.clone(),
@@ -557,7 +585,9 @@ impl WorkerPool {
                             let alerts: Vec<Alert> = batch
                                 .events
                                 .chunks(evaluator.batch_events.max(1))
-                                .flat_map(|chunk| evaluator.evaluate_batch(&batch.tenant, chunk))
+                                .flat_map(|chunk| {
+                                    evaluator.evaluate_in(&batch.tenant, &batch.cluster, chunk)
+                                })
                                 .collect();
                             queue.done(&batch.tenant);
                             match batch.reply {
@@ -596,6 +626,7 @@ mod tests {
                 .unwrap();
         Batch {
             tenant: tenant.into(),
+            cluster: tenant.into(),
             events: vec![ev; n],
             reply: None,
             journal: None,

@@ -193,6 +193,29 @@ fn describe() {
         "Alerts the alert history (UI and API) could not keep, per reason."
     );
     describe_counter!(
+        "peregrine_source_records_total",
+        "Records a source (file, Firehose, Pub/Sub push) brought, per source and outcome."
+    );
+    describe_counter!(
+        "peregrine_source_errors_total",
+        "Failures of a source (refused requests, I/O, a full pipeline), per source and kind."
+    );
+    describe_gauge!(
+        "peregrine_source_position_bytes",
+        metrics::Unit::Bytes,
+        "Offset a file source has handed over and saved, in its current file."
+    );
+    describe_gauge!(
+        "peregrine_source_lag_bytes",
+        metrics::Unit::Bytes,
+        "Bytes written to a file source's file and not handed over yet."
+    );
+    describe_gauge!(
+        "peregrine_source_lag_seconds",
+        metrics::Unit::Seconds,
+        "Age of the newest event a source handed over, at the time it did."
+    );
+    describe_counter!(
         "peregrine_tls_handshake_failures_total",
         "TLS handshakes with the webhook that failed."
     );

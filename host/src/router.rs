@@ -7,7 +7,7 @@
 //! route matches goes to `routing.default_outputs` (stdout unless changed).
 //!
 //! A route with `dedup_window_secs` folds identical alerts (same rule,
-//! tenant, module and dedup key): the first is sent at once, the ones that
+//! tenant, cluster, module and dedup key): the first is sent at once, the ones that
 //! follow within the window are counted, and when the window closes one
 //! alert stands for them, carrying the count in `peregrine.folded`. Nothing
 //! is delayed and nothing disappears without a trace.
@@ -62,6 +62,8 @@ pub struct RouteConfig {
     pub tags: Vec<String>,
     /// Tenant ids (globs).
     pub tenants: Vec<String>,
+    /// Cluster names, `peregrine.cluster` (globs).
+    pub clusters: Vec<String>,
     /// Module names, the file name without `.wasm` (globs).
     pub modules: Vec<String>,
     /// Stop here: later routes are not tried for alerts this route matches.
@@ -69,7 +71,7 @@ pub struct RouteConfig {
     pub final_route: bool,
     /// Fold identical alerts within this many seconds; 0 turns folding off.
     pub dedup_window_secs: u64,
-    /// Output fields that, with rule, tenant and module, make alerts
+    /// Output fields that, with rule, tenant, cluster and module, make alerts
     /// identical. Empty: the alert's output text.
     pub dedup_key: Vec<String>,
     /// Most distinct alerts a route's fold windows track; when full, the
@@ -86,6 +88,7 @@ impl Default for RouteConfig {
             rules: Vec::new(),
             tags: Vec::new(),
             tenants: Vec::new(),
+            clusters: Vec::new(),
             modules: Vec::new(),
             final_route: false,
             dedup_window_secs: 0,
@@ -161,6 +164,7 @@ impl RouteConfig {
                 || any_glob(&self.rules, &a.rule_id))
             && (self.tags.is_empty() || a.tags.iter().any(|t| any_glob(&self.tags, t)))
             && (self.tenants.is_empty() || any_glob(&self.tenants, &a.tenant))
+            && (self.clusters.is_empty() || any_glob(&self.clusters, &a.cluster))
             && (self.modules.is_empty() || any_glob(&self.modules, &a.module))
     }
 }
@@ -260,7 +264,12 @@ impl Dedup {
     fn key(&self, a: &Alert) -> Vec<String> {
         // The full values, not a hash: an attacker who shapes audit events
         // must not be able to fold someone else's alert into theirs.
-        let mut k = vec![a.rule_id.clone(), a.tenant.to_string(), a.module.clone()];
+        let mut k = vec![
+            a.rule_id.clone(),
+            a.tenant.to_string(),
+            a.cluster.to_string(),
+            a.module.clone(),
+        ];
         if self.key_fields.is_empty() {
             k.push(a.output.clone());
         } else {
@@ -607,6 +616,7 @@ mod tests {
             tags: vec!["k8s".into(), "T1610".into()],
             fields: vec![("ka.user.name".into(), Some("alice".into()))],
             tenant: "team-a".into(),
+            cluster: "prod-eu".into(),
             module: "falco_k8s_audit".into(),
             module_digest: "d".into(),
             audit_id: "a".into(),
@@ -641,6 +651,10 @@ mod tests {
         let r: RouteConfig = toml::from_str("rules = [\"delete-*\"]").unwrap();
         assert!(r.matches(&alert("Delete Pod", Priority::Critical)));
         let r: RouteConfig = toml::from_str("tags = [\"mitre\"]").unwrap();
+        assert!(!r.matches(&alert("Delete Pod", Priority::Critical)));
+        let r: RouteConfig = toml::from_str("clusters = [\"prod-*\"]").unwrap();
+        assert!(r.matches(&alert("Delete Pod", Priority::Critical)));
+        let r: RouteConfig = toml::from_str("clusters = [\"staging\"]").unwrap();
         assert!(!r.matches(&alert("Delete Pod", Priority::Critical)));
         let err = toml::from_str::<RouteConfig>("min_priority = \"loud\"").unwrap_err();
         assert!(err.to_string().contains("unknown priority `loud`"), "{err}");

@@ -31,6 +31,8 @@ pub struct AppState {
     pub store: Option<Arc<crate::store::AlertStore>>,
     /// Acknowledged events not yet evaluated; `None` when disabled.
     pub journal: Option<Arc<crate::ingest::journal::Journal>>,
+    /// Settings of the push endpoints (Firehose, Pub/Sub), by tenant.
+    pub push: Arc<crate::ingest::sources::PushSources>,
 }
 
 /// All routes. Methods other than the ones listed get 405 with `Allow`.
@@ -38,12 +40,17 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/k8s-audit", post(webhook::ingest_default))
         .route("/k8s-audit/{tenant}", post(webhook::ingest_tenant))
+        .route(
+            "/k8s-audit/{tenant}/{cluster}",
+            post(webhook::ingest_cluster),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(crate::prometheus::metrics_handler))
         .route("/api/v1/rules", get(api::rules))
         .route("/api/v1/alerts", get(api::alerts))
         .route("/api/v1/alerts/summary", get(api::summary))
         .route("/", get(api::ui))
+        .merge(crate::ingest::push::routes())
         .fallback(not_found)
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())

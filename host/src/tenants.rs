@@ -39,6 +39,14 @@ pub struct TenantConfig {
     pub queue_share: Option<f64>,
     /// Per-module configuration for this tenant's own modules.
     pub modules: BTreeMap<String, toml::Table>,
+    /// The cluster this tenant's events come from, in `peregrine.cluster`
+    /// of their alerts, when the request or source names none. Default:
+    /// the tenant's id.
+    pub cluster: Option<String>,
+    /// Clusters this tenant may name (path segment, source, envelope).
+    /// Empty: any. Routes match on the cluster, so a shared platform lists
+    /// each tenant's clusters here to stop one posting as another's.
+    pub clusters: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -79,6 +87,8 @@ pub enum AuthError {
 /// A tenant at run time.
 pub struct Tenant {
     pub id: Arc<str>,
+    /// The cluster of events that name none.
+    pub cluster: Arc<str>,
     token_digests: Vec<[u8; 32]>,
     open: bool,
     pub config: TenantConfig,
@@ -95,6 +105,13 @@ impl std::fmt::Debug for Tenant {
 }
 
 impl Tenant {
+    /// Whether this tenant may label its events with `cluster`.
+    pub fn cluster_allowed(&self, cluster: &str) -> bool {
+        self.config.clusters.is_empty()
+            || &*self.cluster == cluster
+            || self.config.clusters.iter().any(|c| c == cluster)
+    }
+
     /// The most events this tenant may have queued, given the queue size.
     pub fn queue_share(&self, capacity: usize) -> Option<usize> {
         self.config
@@ -148,6 +165,22 @@ impl TokenBucket {
                 .max(1.0) as u64)
         }
     }
+}
+
+/// What a cluster name may be, for messages.
+pub const CLUSTER_NAME_RULE: &str =
+    "must be 1 to 100 letters, digits, '-', '_' or '.' (the names EKS, GKE and AKS allow)";
+
+/// A cluster name: what EKS, GKE and AKS accept (letters, digits, `-`,
+/// `_`), plus `.` for names that carry a domain. It travels in URL paths,
+/// metric labels and alert fields, so nothing else is let in.
+pub fn valid_cluster_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name != "."
+        && name != ".."
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -220,10 +253,16 @@ impl Tenants {
                 anyhow::bail!("tenant `{id}`: queue_share must be in (0, 1]");
             }
             let open = id == DEFAULT_TENANT && auth.default_tenant_open && digests.is_empty();
+            for c in cfg.cluster.iter().chain(&cfg.clusters) {
+                if !valid_cluster_name(c) {
+                    anyhow::bail!("tenant `{id}`: cluster `{c}` {CLUSTER_NAME_RULE}");
+                }
+            }
             by_id.insert(
                 id.clone(),
                 Arc::new(Tenant {
                     id: id.as_str().into(),
+                    cluster: cfg.cluster.as_deref().unwrap_or(id).into(),
                     token_digests: digests,
                     open,
                     bucket: cfg
@@ -236,6 +275,7 @@ impl Tenants {
         by_id.entry(DEFAULT_TENANT.to_string()).or_insert_with(|| {
             Arc::new(Tenant {
                 id: DEFAULT_TENANT.into(),
+                cluster: DEFAULT_TENANT.into(),
                 token_digests: Vec::new(),
                 open: auth.default_tenant_open,
                 bucket: None,
@@ -286,29 +326,32 @@ impl Tenants {
 
     /// Checks the request's bearer token against the tenant's.
     pub fn authenticate(&self, id: &str, headers: &HeaderMap) -> Result<Arc<Tenant>, AuthError> {
+        self.authenticate_token(id, bearer(headers))
+    }
+
+    /// Checks a token offered some other way (Firehose's access key header)
+    /// against the tenant's.
+    pub fn authenticate_token(
+        &self,
+        id: &str,
+        token: Option<&str>,
+    ) -> Result<Arc<Tenant>, AuthError> {
         let tenant = self.by_id.get(id).ok_or(AuthError::UnknownTenant)?;
         if tenant.open {
             return Ok(tenant.clone());
         }
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or(AuthError::MissingCredentials)?;
-        let offered = digest(token);
+        let offered = digest(token.ok_or(AuthError::MissingCredentials)?);
         // Check every token, without stopping at a match, in constant time.
-        let mut ok = subtle::Choice::from(0u8);
-        for d in &tenant.token_digests {
-            ok |= d.ct_eq(&offered);
-        }
-        if bool::from(ok) {
+        if matches_any(&tenant.token_digests, &offered) {
             Ok(tenant.clone())
         } else {
             Err(AuthError::BadCredentials)
         }
+    }
+
+    /// Whether `id` is open: it takes requests without a token.
+    pub fn is_open(&self, id: &str) -> bool {
+        self.by_id.get(id).is_some_and(|t| t.open)
     }
 }
 

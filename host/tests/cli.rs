@@ -45,6 +45,23 @@ fn stdout_alerts(out: &Output) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The alerts without `peregrine.cluster`, and the clusters they named:
+/// an envelope names its cluster, the plain events do not.
+fn split_cluster(alerts: &[serde_json::Value]) -> (Vec<serde_json::Value>, Vec<String>) {
+    alerts
+        .iter()
+        .map(|a| {
+            let mut a = a.clone();
+            let c = a["output_fields"]
+                .as_object_mut()
+                .and_then(|f| f.remove("peregrine.cluster"))
+                .and_then(|c| c.as_str().map(str::to_string))
+                .unwrap_or_default();
+            (a, c)
+        })
+        .unzip()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -547,12 +564,16 @@ fn replay_of_aks_records_raises_the_alerts_of_their_plain_events() {
         "{}",
         stderr(&from_envelopes)
     );
-    let (a, b) = (stdout_alerts(&from_envelopes), stdout_alerts(&from_plain));
+    let (a, clusters) = split_cluster(&stdout_alerts(&from_envelopes));
+    let (b, plain_clusters) = split_cluster(&stdout_alerts(&from_plain));
     assert!(a.len() >= 31, "{} alerts", a.len());
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y);
     }
+    // The records' resourceId names the cluster; plain events name none.
+    assert!(clusters.iter().any(|c| c != "default"), "{clusters:?}");
+    assert!(plain_clusters.iter().all(|c| c == "default"));
 }
 
 #[test]
@@ -778,7 +799,17 @@ fn replay_of_cloudwatch_and_firehose_envelopes_prints_the_alerts_of_the_plain_ev
     for envelope in [&export, &firehose] {
         let out = replay_all(dir.path(), &[envelope]);
         assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-        assert_eq!(stdout_alerts(&out), expected, "{}", envelope.display());
+        let (got, clusters) = split_cluster(&stdout_alerts(&out));
+        let (want, _) = split_cluster(&expected);
+        assert_eq!(got, want, "{}", envelope.display());
+        // A Firehose record's log group names the cluster; an S3 export's
+        // lines do not.
+        let named = if envelope == &firehose {
+            "prod"
+        } else {
+            "default"
+        };
+        assert!(clusters.iter().all(|c| c == named), "{clusters:?}");
     }
     let forced = peregrine(&["replay", "--no-progress", "--input-format", "cloudwatch"])
         .arg(&export)

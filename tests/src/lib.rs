@@ -329,6 +329,7 @@ pub fn evaluate_file(
             .push(
                 peregrine::evaluate::Batch {
                     tenant: "default".into(),
+                    cluster: "default".into(),
                     events: decoded.events,
                     reply: Some(tx),
                     journal: None,

@@ -43,6 +43,7 @@ fn echo_falco_json(id: &str, seen: u32, hostname: &str, digest: &str) -> serde_j
             "peregrine.module_digest": digest,
             "peregrine.rule_id": "echo",
             "peregrine.tenant": "default",
+            "peregrine.cluster": "default",
             "seen": seen.to_string(),
             "tenant": "default",
             "version": "",

@@ -90,7 +90,10 @@ fn full_config() -> Value {
          [sandbox.modules.m]\n\
          [tenants.t]\ntokens = [\"0123456789abcdef\"]\n\
          [[routes]]\noutputs = [\"stdout\"]\n\
-         [[rules.sources]]\ntype = \"oci\"\nreference = \"127.0.0.1:5000/rules/x:1\"\n",
+         [[rules.sources]]\ntype = \"oci\"\nreference = \"127.0.0.1:5000/rules/x:1\"\n\
+         [[sources]]\ntype = \"file\"\npath = \"/var/log/audit.log\"\n\
+         [[sources]]\ntype = \"firehose\"\n\
+         [[sources]]\ntype = \"pubsub_push\"\naudience = \"a\"\n",
     );
     for (kind, body) in minimal_outputs() {
         toml.push_str(&format!("[outputs.o_{kind}]\ntype = \"{kind}\"\n{body}\n"));
@@ -140,6 +143,12 @@ fn configuration_md_documents_exactly_the_keys_of_every_section() {
         "`tls = { ... }` of the HTTP outputs".into(),
         c["outputs"]["o_webhook"]["tls"].clone(),
     );
+    for (i, kind) in ["file", "firehose", "pubsub_push"].iter().enumerate() {
+        expected.insert(
+            format!("`type = \"{kind}\"` source"),
+            c["sources"][i].clone(),
+        );
+    }
     for kind in output_kinds() {
         expected.insert(
             format!("`type = \"{kind}\"`"),
@@ -195,7 +204,7 @@ fn configuration_md_documents_exactly_the_keys_of_every_section() {
 
 #[test]
 fn every_toml_example_in_the_configuration_reference_parses_and_validates() {
-    let doc = read("docs/configuration.md");
+    let doc = read("docs/configuration.md") + &read("docs/managed-clusters.md");
     let mut blocks = Vec::new();
     let mut current: Option<String> = None;
     for line in doc.lines() {

@@ -91,6 +91,11 @@ async fn alert_history_api_filters_and_pages() {
     let page2 = stored(&srv, None, &format!("?limit=2&before={before}")).await;
     assert_eq!(page2["alerts"].as_array().unwrap().len(), 1);
 
+    let by_cluster = stored(&srv, None, "?cluster=default").await;
+    assert_eq!(by_cluster["alerts"].as_array().unwrap().len(), 3);
+    let none = stored(&srv, None, "?cluster=elsewhere").await;
+    assert_eq!(none["alerts"].as_array().unwrap().len(), 0);
+
     let by_rule = stored(&srv, None, "?rule=Attach%2FExec%20Pod").await;
     assert_eq!(by_rule["alerts"].as_array().unwrap().len(), 1);
 

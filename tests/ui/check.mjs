@@ -64,6 +64,16 @@ try {
     return cells.length > 0 && cells.every((td) => td.textContent === "Create Privileged Pod");
   });
 
+  // Every alert names its cluster; the cluster filter narrows the table.
+  await page.fill("#f-q", "");
+  await page.waitForFunction(() => document.querySelectorAll("#alerts tr.alert").length === 3);
+  const clusters = await page.locator("#alerts td.cluster").allTextContents();
+  check(clusters.length === 3 && clusters.every((c) => c === "default"), `cluster column: ${clusters}`);
+  await page.fill("#f-cluster", "no-such-cluster");
+  await page.locator("#alerts-empty").waitFor({ state: "visible" });
+  await page.fill("#f-cluster", "default");
+  await page.waitForFunction(() => document.querySelectorAll("#alerts tr.alert").length === 3);
+
   // The rules tab lists the modules with their status.
   await page.click("#tab-rules");
   await page.locator('#modules tr[data-module="falco_k8s_audit"]').waitFor();

@@ -46,7 +46,7 @@ pub(crate) async fn rules(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         .into_response()
 }
 
-/// `GET /api/v1/alerts?tenant=&rule=&module=&min_priority=&q=&before=&limit=`:
+/// `GET /api/v1/alerts?tenant=&cluster=&rule=&module=&min_priority=&q=&before=&limit=`:
 /// stored alerts, newest first, in Falco's JSON shape with their store id.
 pub(crate) async fn alerts(
     State(app): State<Arc<AppState>>,
@@ -60,7 +60,7 @@ pub(crate) async fn alerts(
     let Ok(Query(mut query)) = query.map_err(|e| e.body_text()) else {
         return error_response(
             StatusCode::BAD_REQUEST,
-            "invalid query: use tenant, rule, module, min_priority (Emergency..Debug), q, before, limit",
+            "invalid query: use tenant, cluster, rule, module, min_priority (Emergency..Debug), q, before, limit",
         );
     };
     if let ApiAccess::Tenant(t) = &access {
@@ -83,7 +83,7 @@ pub(crate) async fn alerts(
     }
 }
 
-/// `GET /api/v1/alerts/summary`: counts by priority, rule and tenant.
+/// `GET /api/v1/alerts/summary`: counts by priority, rule, tenant and cluster.
 pub(crate) async fn summary(State(app): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     let access = match access(&app, &headers) {
         Ok(a) => a,

@@ -28,6 +28,14 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let pipeline = Pipeline::start(config.clone(), dirs, Arc::new(Unused), true)?;
     let out = StdoutOutput::new(config.output.format);
     let tenant: Arc<str> = args.tenant.as_str().into();
+    let cluster: Arc<str> = match &args.cluster {
+        Some(c) if crate::tenants::valid_cluster_name(c) => c.as_str().into(),
+        Some(c) => anyhow::bail!("--cluster `{c}` {}", crate::tenants::CLUSTER_NAME_RULE),
+        None => pipeline
+            .tenants
+            .get(&tenant)
+            .map_or_else(|| tenant.clone(), |t| t.cluster.clone()),
+    };
     let format: InputFormat = args
         .input_format
         .parse()
@@ -122,9 +130,22 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         if let Some(bar) = &progress {
             bar.inc_length(decoded.events.len() as u64);
         }
-        let mut events = decoded.events.into_iter().peekable();
-        while events.peek().is_some() {
-            let chunk: Vec<_> = events.by_ref().take(config.engine.batch_events).collect();
+        // Batches of one cluster each, in input order: the envelope's
+        // cluster where it names one.
+        let mut events = decoded
+            .events
+            .into_iter()
+            .zip(decoded.clusters)
+            .map(|(e, c)| (e, c.unwrap_or_else(|| cluster.clone())))
+            .peekable();
+        while let Some((_, batch_cluster)) = events.peek() {
+            let batch_cluster = batch_cluster.clone();
+            let mut chunk = Vec::new();
+            while chunk.len() < config.engine.batch_events
+                && let Some((e, _)) = events.next_if(|(_, c)| *c == batch_cluster)
+            {
+                chunk.push(e);
+            }
             let n = chunk.len();
             let (tx, rx) = crossbeam_channel::bounded(1);
             pipeline
@@ -132,6 +153,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
                 .push(
                     Batch {
                         tenant: tenant.clone(),
+                        cluster: batch_cluster,
                         events: chunk,
                         reply: Some(tx),
                         journal: None,

@@ -27,6 +27,7 @@ pub struct Server {
     pipeline: Option<Pipeline>,
     _watcher: Option<RulesWatcher>,
     _pollers: Pollers,
+    file_sources: Vec<crate::ingest::sources::file::FileSource>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -88,8 +89,9 @@ impl Server {
             .context("module loading panicked")??;
         if let Some(journal) = &journal {
             let (journal, queue) = (journal.clone(), pipeline.queue.clone());
+            let tenants = pipeline.tenants.clone();
             let max_event = config.server.max_event_bytes;
-            tokio::task::spawn_blocking(move || recover(&journal, &queue, max_event))
+            tokio::task::spawn_blocking(move || recover(&journal, &queue, &tenants, max_event))
                 .await
                 .context("journal recovery panicked")??;
         }
@@ -109,7 +111,9 @@ impl Server {
             started: Instant::now(),
             store,
             journal,
+            push: Arc::new(crate::ingest::sources::PushSources::from_config(&config)?),
         });
+        let file_sources = crate::ingest::sources::start_files(&config, &state)?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -146,6 +150,7 @@ impl Server {
             pipeline: Some(pipeline),
             _watcher: watcher,
             _pollers: pollers,
+            file_sources,
             stop: Some(stop),
             task: Some(task),
         })
@@ -170,6 +175,11 @@ impl Server {
         if let Some(task) = self.task.take() {
             task.await.context("server task panicked")??;
         }
+        // Sources stop before the queue closes: what they read and did not
+        // hand over is read again at the next start.
+        let file_sources = std::mem::take(&mut self.file_sources);
+        tokio::task::spawn_blocking(move || file_sources.into_iter().for_each(|s| s.stop()))
+            .await?;
         if let Some(mut pipeline) = self.pipeline.take() {
             tokio::task::spawn_blocking(move || pipeline.drain()).await?;
         }
@@ -182,6 +192,7 @@ impl Server {
 fn recover(
     journal: &Arc<Journal>,
     queue: &BatchQueue,
+    tenants: &crate::tenants::Tenants,
     max_event_bytes: usize,
 ) -> anyhow::Result<()> {
     let pending = journal.pending(max_event_bytes)?;
@@ -196,8 +207,15 @@ fn recover(
     );
     metrics::counter!("peregrine_journal_recovered_total").increment(events as u64);
     for p in pending {
+        // Written before clusters were recorded: the tenant's own.
+        let cluster = p.cluster.unwrap_or_else(|| {
+            tenants
+                .get(&p.tenant)
+                .map_or_else(|| p.tenant.clone(), |t| t.cluster.clone())
+        });
         let mut batch = Batch {
             tenant: p.tenant,
+            cluster,
             events: p.events,
             reply: None,
             journal: Some(JournalEntry::new(journal.clone(), p.id)),

@@ -70,6 +70,9 @@ pub enum JournalError {
 #[derive(Serialize, Deserialize)]
 struct Header {
     tenant: String,
+    /// Absent in files written before clusters were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
     json_lines: bool,
     accepted: Vec<(String, String)>,
 }
@@ -95,6 +98,9 @@ impl JournalEntry {
 pub struct PendingBatch {
     pub id: u64,
     pub tenant: Arc<str>,
+    /// `None` for a file written before clusters were recorded: the
+    /// tenant's cluster then.
+    pub cluster: Option<Arc<str>>,
     pub events: Vec<AuditEvent>,
 }
 
@@ -161,11 +167,13 @@ impl Journal {
         self.dir.join(format!("{id:020}.{extension}"))
     }
 
-    /// Records a request body about to be acknowledged, with the (auditID,
-    /// stage) of the events accepted from it; returns the entry's id.
+    /// Records a request body about to be acknowledged, with its tenant
+    /// and cluster and the (auditID, stage) of the events accepted from it;
+    /// returns the entry's id.
     pub fn append(
         &self,
         tenant: &str,
+        cluster: &str,
         body: &[u8],
         json_lines: bool,
         accepted: &[(String, String)],
@@ -178,6 +186,7 @@ impl Journal {
         };
         let header = serde_json::to_vec(&Header {
             tenant: tenant.to_string(),
+            cluster: Some(cluster.to_string()),
             json_lines,
             accepted: accepted.to_vec(),
         })
@@ -223,9 +232,10 @@ impl Journal {
         let mut out = Vec::new();
         for (id, path) in files {
             match read_batch(&path, max_event_bytes) {
-                Ok((tenant, events)) => out.push(PendingBatch {
+                Ok((tenant, cluster, events)) => out.push(PendingBatch {
                     id,
                     tenant: tenant.into(),
+                    cluster: cluster.map(Into::into),
                     events,
                 }),
                 Err(why) => {
@@ -243,7 +253,9 @@ fn file_id(path: &Path) -> Option<u64> {
     path.file_stem()?.to_str()?.parse().ok()
 }
 
-fn read_batch(path: &Path, max_event_bytes: usize) -> Result<(String, Vec<AuditEvent>), String> {
+type ReadBatch = (String, Option<String>, Vec<AuditEvent>);
+
+fn read_batch(path: &Path, max_event_bytes: usize) -> Result<ReadBatch, String> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -277,7 +289,7 @@ fn read_batch(path: &Path, max_event_bytes: usize) -> Result<(String, Vec<AuditE
             },
         )
         .collect();
-    Ok((header.tenant, events))
+    Ok((header.tenant, header.cluster, events))
 }
 
 #[cfg(test)]
@@ -310,13 +322,13 @@ mod tests {
                 ev("a2"),
                 ev("a3")
             );
-            j.append("t1", body.as_bytes(), false, &keys(&["a1", "a3"]))
+            j.append("t1", "c", body.as_bytes(), false, &keys(&["a1", "a3"]))
                 .unwrap();
             let b = j
-                .append("t2", ev("b1").as_bytes(), false, &keys(&["b1"]))
+                .append("t2", "c", ev("b1").as_bytes(), false, &keys(&["b1"]))
                 .unwrap();
             let lines = format!("{}\n{}\n", ev("c1"), ev("c2"));
-            j.append("t1", lines.as_bytes(), true, &keys(&["c1", "c2"]))
+            j.append("t1", "eks-1", lines.as_bytes(), true, &keys(&["c1", "c2"]))
                 .unwrap();
             j.complete(b);
             assert!(matches!(
@@ -346,6 +358,7 @@ mod tests {
                 ("t1".to_string(), vec!["c1".to_string(), "c2".to_string()]),
             ]
         );
+        assert_eq!(pending[1].cluster.as_deref(), Some("eks-1"));
         assert!(
             !path.join("00000000000000000098.batch").exists(),
             "the damaged file is removed"
@@ -357,7 +370,7 @@ mod tests {
         );
         // New ids continue after the ones found, keeping the order.
         let next = j
-            .append("t1", ev("e1").as_bytes(), false, &keys(&["e1"]))
+            .append("t1", "c", ev("e1").as_bytes(), false, &keys(&["e1"]))
             .unwrap();
         assert!(next > 98);
     }

@@ -3,8 +3,14 @@
 pub mod decode;
 pub mod dedup;
 pub(crate) mod envelope;
+pub(crate) mod firehose_http;
 pub mod journal;
+pub(crate) mod oidc;
+pub(crate) mod pubsub_http;
+pub(crate) mod push;
 pub mod replay;
+pub mod sources;
+pub(crate) mod submit;
 pub mod webhook;
 
 pub use decode::{Decoded, PayloadError, Rejection, decode_payload};

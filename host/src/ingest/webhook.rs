@@ -52,7 +52,7 @@ pub(crate) async fn ingest_default(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(app, crate::tenants::DEFAULT_TENANT, headers, body).await
+    ingest(app, crate::tenants::DEFAULT_TENANT, None, headers, body).await
 }
 
 pub(crate) async fn ingest_tenant(
@@ -61,11 +61,28 @@ pub(crate) async fn ingest_tenant(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(app, &tenant, headers, body).await
+    ingest(app, &tenant, None, headers, body).await
 }
 
-#[tracing::instrument(name = "ingest", skip_all, fields(tenant = %tenant_id, events, rejected, duplicates))]
-async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: Body) -> Response {
+/// `POST /k8s-audit/<tenant>/<cluster>`: one tenant, several clusters, each
+/// apiserver naming its own. The tenant's credentials still decide.
+pub(crate) async fn ingest_cluster(
+    State(app): State<Arc<AppState>>,
+    Path((tenant, cluster)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(app, &tenant, Some(&cluster), headers, body).await
+}
+
+#[tracing::instrument(name = "ingest", skip_all, fields(tenant = %tenant_id, cluster, events, rejected, duplicates))]
+async fn ingest(
+    app: Arc<AppState>,
+    tenant_id: &str,
+    cluster: Option<&str>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let tenant = match app.tenants.authenticate(tenant_id, &headers) {
         Ok(t) => t,
         Err(AuthError::UnknownTenant) => {
@@ -84,6 +101,11 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             return r;
         }
     };
+    let cluster: Arc<str> = match crate::ingest::submit::claimed_cluster(&tenant, cluster) {
+        Ok(c) => c,
+        Err((status, message)) => return reject_request("cluster", status, message),
+    };
+    tracing::Span::current().record("cluster", &*cluster);
 
     let Some(body_kind) = body_kind(&headers) else {
         return reject_request(
@@ -119,8 +141,8 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
     // Decoding a 12 MiB body takes milliseconds, and the journal writes to
     // disk: both off the async threads, in one hop.
     let job = {
-        let (app, tenant) = (app.clone(), tenant.clone());
-        move || accept(&app, &tenant, &body, body_kind)
+        let (app, tenant, cluster) = (app.clone(), tenant.clone(), cluster.clone());
+        move || accept(&app, &tenant, &cluster, &body, body_kind)
     };
     let Ingested {
         events,
@@ -147,6 +169,7 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
     if accepted > 0 {
         let batch = Batch {
             tenant: tenant.id.clone(),
+            cluster,
             events,
             reply: None,
             journal: journal
@@ -204,6 +227,7 @@ struct Ingested {
 fn accept(
     app: &AppState,
     tenant: &Tenant,
+    cluster: &str,
     body: &[u8],
     body_kind: BodyKind,
 ) -> Result<Ingested, Box<Response>> {
@@ -262,7 +286,7 @@ fn accept(
     let journal = match (&app.journal, events.is_empty()) {
         (Some(journal), false) => {
             let json_lines = matches!(body_kind, BodyKind::JsonLines);
-            match journal.append(&tenant.id, body, json_lines, &keys) {
+            match journal.append(&tenant.id, cluster, body, json_lines, &keys) {
                 Ok(id) => Some((journal.clone(), id)),
                 Err(e) => {
                     forget();

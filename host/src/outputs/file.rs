@@ -205,6 +205,7 @@ mod tests {
             tags: vec![],
             fields: vec![],
             tenant: "t".into(),
+            cluster: "t".into(),
             module: "m".into(),
             module_digest: "d".into(),
             audit_id: "a".into(),

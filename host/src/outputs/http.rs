@@ -157,6 +157,53 @@ pub(crate) struct HttpClient {
     timeout: Duration,
 }
 
+impl HttpClient {
+    /// GETs `url` (keys to fetch, not alerts to send): the status and at
+    /// most `max` bytes of the body, within the client's timeout.
+    pub(crate) async fn get(&self, url: &url::Url, max: usize) -> Result<(u16, Vec<u8>), String> {
+        let uri: hyper::Uri = url
+            .as_str()
+            .parse()
+            .map_err(|e| format!("{}: {e}", redact(url)))?;
+        let mut req = hyper::Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("{}: {e}", redact(url)))?;
+        req.headers_mut().insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("peregrine/", env!("CARGO_PKG_VERSION"))),
+        );
+        let exchange = async {
+            let response = self
+                .inner
+                .request(req)
+                .await
+                .map_err(|e| format!("GET {}: {}", redact(url), error_chain(&e)))?;
+            let status = response.status().as_u16();
+            let mut body = Vec::new();
+            let mut incoming = response.into_body();
+            while let Some(frame) = incoming.frame().await {
+                let frame =
+                    frame.map_err(|e| format!("GET {}: {}", redact(url), error_chain(&e)))?;
+                if let Some(chunk) = frame.data_ref() {
+                    if body.len() + chunk.len() > max {
+                        return Err(format!("GET {}: answer over {max} bytes", redact(url)));
+                    }
+                    body.extend_from_slice(chunk);
+                }
+            }
+            Ok((status, body))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(format!(
+                "GET {}: no answer within {} ms",
+                redact(url),
+                self.timeout.as_millis()
+            )),
+        }
+    }
+}
+
 /// Parses an output's URL; only http and https are accepted.
 pub(crate) fn parse_url(field: &str, url: &str) -> Result<url::Url, BuildError> {
     let u = url::Url::parse(url)

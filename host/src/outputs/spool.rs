@@ -448,6 +448,7 @@ mod tests {
             tags: vec![],
             fields: vec![("n".into(), Some(n.to_string()))],
             tenant: "default".into(),
+            cluster: "default".into(),
             module: "m".into(),
             module_digest: "d".into(),
             audit_id: format!("id-{n}"),

@@ -64,6 +64,8 @@ pub enum StoreError {
 #[serde(default, deny_unknown_fields)]
 pub struct AlertQuery {
     pub tenant: Option<String>,
+    /// `peregrine.cluster`.
+    pub cluster: Option<String>,
     pub rule: Option<String>,
     pub module: Option<String>,
     /// At least this severe.
@@ -88,6 +90,7 @@ pub struct Summary {
     pub by_priority: Vec<(String, u64)>,
     pub by_rule: Vec<(String, u64)>,
     pub by_tenant: Vec<(String, u64)>,
+    pub by_cluster: Vec<(String, u64)>,
 }
 
 fn priority_rank(p: Priority) -> i64 {
@@ -125,7 +128,23 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
          CREATE INDEX IF NOT EXISTS alerts_rule ON alerts (rule, id);",
     )
     .map_err(err)?;
+    add_cluster_column(&conn).map_err(err)?;
     Ok(conn)
+}
+
+/// Stores written before alerts named their cluster get the column, their
+/// alerts the cluster they had implicitly: the tenant's id.
+fn add_cluster_column(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('alerts') WHERE name = 'cluster'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE alerts ADD COLUMN cluster TEXT NOT NULL DEFAULT '';
+             UPDATE alerts SET cluster = tenant WHERE cluster = '';",
+        )?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS alerts_cluster ON alerts (cluster, id);")
 }
 
 /// The alert history.
@@ -181,6 +200,10 @@ impl AlertStore {
         if let Some(t) = &q.tenant {
             sql.push_str(" AND tenant = ?");
             args.push(Box::new(t.clone()));
+        }
+        if let Some(c) = &q.cluster {
+            sql.push_str(" AND cluster = ?");
+            args.push(Box::new(c.clone()));
         }
         if let Some(r) = &q.rule {
             sql.push_str(" AND rule = ?");
@@ -267,6 +290,9 @@ impl AlertStore {
             by_tenant: count(
                 "SELECT tenant, count(*) AS n FROM alerts WHERE ?1 IS NULL OR tenant = ?1 GROUP BY tenant ORDER BY n DESC LIMIT 50",
             )?,
+            by_cluster: count(
+                "SELECT cluster, count(*) AS n FROM alerts WHERE ?1 IS NULL OR tenant = ?1 GROUP BY cluster ORDER BY n DESC LIMIT 50",
+            )?,
         })
     }
 }
@@ -275,7 +301,7 @@ fn write(conn: &mut Connection, alerts: &[Alert], max_alerts: u64) -> Result<(),
     let tx = conn.transaction()?;
     {
         let mut stmt = tx.prepare_cached(
-            "INSERT INTO alerts (time_ns, rule, priority, tenant, module, output, falco_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO alerts (time_ns, rule, priority, tenant, cluster, module, output, falco_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )?;
         for a in alerts {
             stmt.execute(params![
@@ -283,6 +309,7 @@ fn write(conn: &mut Connection, alerts: &[Alert], max_alerts: u64) -> Result<(),
                 a.rule,
                 priority_rank(a.priority),
                 &*a.tenant,
+                &*a.cluster,
                 a.module,
                 a.output,
                 a.to_falco_json().to_string()

@@ -93,6 +93,7 @@ fn all_cores_pass(
             .push(
                 Batch {
                     tenant: tenant.clone(),
+                    cluster: tenant.clone(),
                     events,
                     reply: Some(tx),
                     journal: None,

@@ -112,6 +112,7 @@ impl NativePack {
             module: &self.module_key,
             digest: &self.digest,
             tenant,
+            cluster: tenant,
             hostname: &self.hostname,
         };
         let lookup = |id: &str| self.rule_index.get(id).map(|&i| (i, &self.info.rules[i]));

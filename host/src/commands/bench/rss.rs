@@ -75,6 +75,7 @@ pub fn child(args: RssArgs) -> anyhow::Result<i32> {
             .push(
                 Batch {
                     tenant: tenant.clone(),
+                    cluster: tenant.clone(),
                     events: chunk.to_vec(),
                     reply: Some(tx),
                     journal: None,
