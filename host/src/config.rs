@@ -86,6 +86,8 @@ pub struct EngineConfig {
     /// Where compiled modules are cached. Default: `$XDG_CACHE_HOME/peregrine`
     /// or `~/.cache/peregrine`.
     pub cache_dir: Option<PathBuf>,
+    /// When a module that keeps failing is taken off for a tenant.
+    pub quarantine: crate::health::QuarantineConfig,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +97,7 @@ impl Default for EngineConfig {
             batch_events: 400,
             epoch_tick_ms: 2,
             cache_dir: None,
+            quarantine: Default::default(),
         }
     }
 }
@@ -278,6 +281,7 @@ impl PeregrineConfig {
         if self.engine.epoch_tick_ms == 0 || self.engine.epoch_tick_ms > 1000 {
             return Err("engine.epoch_tick_ms must be between 1 and 1000".into());
         }
+        self.engine.quarantine.validate()?;
         for (name, l) in std::iter::once(("defaults", &self.sandbox.defaults.clone().into()))
             .chain(self.sandbox.modules.iter().map(|(k, v)| (k.as_str(), v)))
         {

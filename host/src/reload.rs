@@ -18,7 +18,6 @@ use notify_debouncer_full::notify::RecursiveMode;
 use serde::Serialize;
 
 use crate::config::PeregrineConfig;
-use crate::evaluate::QUARANTINE_AFTER;
 use crate::rules::{
     LoadFailure, LoadedModule, ModuleLoader, ModuleStats, RuleSet, Scope, discover_modules,
 };
@@ -42,7 +41,9 @@ pub enum ModuleStatus {
     Live,
     /// Never loaded successfully; not evaluating.
     Failed,
-    /// Failed too many calls in a row; not evaluating until a new version loads.
+    /// Quarantined for at least one tenant (see `quarantined`): failed on
+    /// too many distinct events over time; not evaluating that tenant's
+    /// events until it is retried or a new version loads.
     Quarantined,
 }
 
@@ -70,6 +71,8 @@ pub struct ModuleReport {
     pub evaluations: u64,
     pub errors: u64,
     pub mean_eval_micros: Option<f64>,
+    /// The tenants this version is quarantined for, and why.
+    pub quarantined: Vec<crate::health::Quarantine>,
     pub rules: Vec<RuleReport>,
 }
 
@@ -238,6 +241,11 @@ impl RuleManager {
                 // Counters follow the module across versions; quarantine does not.
                 if let Some(old) = &entry.live {
                     module.stats = carry_stats(&old.stats);
+                    for q in old.health.quarantines() {
+                        tracing::info!(module = %module.label, tenant = %q.tenant, "a new version lifts the quarantine");
+                        metrics::gauge!("peregrine_module_quarantined", "module" => old.key.clone(), "tenant" => q.tenant.to_string())
+                            .set(0.0);
+                    }
                 }
                 entry.live = Some(Arc::new(module));
                 entry.last_error = None;
@@ -300,8 +308,12 @@ impl RuleManager {
     pub fn unload(&self, scope: &Scope, path: &Path) {
         let mut entries = self.lock();
         if let Some(e) = entries.remove(&(scope.clone(), path.to_path_buf()))
-            && e.live.is_some()
+            && let Some(m) = &e.live
         {
+            for q in m.health.quarantines() {
+                metrics::gauge!("peregrine_module_quarantined", "module" => m.key.clone(), "tenant" => q.tenant.to_string())
+                    .set(0.0);
+            }
             tracing::info!(module = %path.display(), "module unloaded: its file was removed");
             self.publish(&entries);
         }
@@ -326,14 +338,10 @@ impl RuleManager {
             .iter()
             .map(|((scope, path), e)| {
                 let m = e.live.as_deref();
+                let quarantined = m.map_or_else(Vec::new, |m| m.health.quarantines());
                 let status = match m {
                     None => ModuleStatus::Failed,
-                    Some(m)
-                        if m.stats.consecutive_errors.load(Ordering::Relaxed)
-                            >= QUARANTINE_AFTER =>
-                    {
-                        ModuleStatus::Quarantined
-                    }
+                    Some(_) if !quarantined.is_empty() => ModuleStatus::Quarantined,
                     Some(_) => ModuleStatus::Live,
                 };
                 let (evaluations, errors, nanos) = m.map_or((0, 0, 0), |m| {
@@ -380,6 +388,7 @@ impl RuleManager {
                     errors,
                     mean_eval_micros: (evaluations > 0)
                         .then(|| nanos as f64 / evaluations as f64 / 1_000.0),
+                    quarantined,
                     rules,
                 }
             })

@@ -173,6 +173,7 @@ impl ModuleLoader {
             loaded_at: SystemTime::now(),
             label,
             stats: Arc::default(),
+            health: crate::health::ModuleHealth::new(self.config.engine.quarantine.clone()),
             rule_index,
             needs_raw,
         })

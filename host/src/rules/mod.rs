@@ -62,6 +62,9 @@ pub struct LoadedModule {
     /// `module@digest-prefix`, for logs.
     pub label: Arc<str>,
     pub stats: Arc<ModuleStats>,
+    /// Per tenant: whether this version is quarantined. Not carried over to
+    /// a new version.
+    pub health: crate::health::ModuleHealth,
     rule_index: HashMap<String, usize>,
     needs_raw: bool,
 }
@@ -131,8 +134,6 @@ pub struct ModuleStats {
     pub evaluations: std::sync::atomic::AtomicU64,
     /// Calls that trapped, timed out, ran out of memory or returned bad output.
     pub errors: std::sync::atomic::AtomicU64,
-    /// Errors since the last successful call; drives quarantine.
-    pub consecutive_errors: std::sync::atomic::AtomicU64,
     /// Total time spent in `evaluate`, in nanoseconds.
     pub eval_nanos: std::sync::atomic::AtomicU64,
     /// Per rule id: events its prefilter admitted, and alerts it raised.
