@@ -214,6 +214,11 @@ pub struct RulesConfig {
     /// Rule modules pulled from elsewhere (OCI registries), cached under
     /// the cache directory and loaded with the directories' modules.
     pub sources: Vec<crate::oci::RuleSourceConfig>,
+    /// Load a `*.wasm` symlink whose target is outside its rules directory.
+    /// Off: where tenants own their directories, a symlink must not read
+    /// the host's files. Symlinks inside the directory (a mounted ConfigMap's
+    /// `..data`) are always followed.
+    pub follow_symlinks: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]

@@ -177,7 +177,8 @@ impl RuleManager {
 
     /// (Re)loads one file if its content changed since the last attempt.
     pub fn load_file(&self, scope: &Scope, path: &Path) {
-        let bytes = match crate::rules::read_module(path) {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let bytes = match crate::rules::read_module(path, dir, self.config.rules.follow_symlinks) {
             Ok(bytes) => bytes,
             Err(LoadFailure::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
