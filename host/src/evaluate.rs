@@ -278,6 +278,7 @@ impl Evaluator {
         // at a failure and at the end of the batch, so a healthy batch takes
         // its lock once.
         let mut succeeded = 0u64;
+        let (mut calls, mut call_nanos) = (0u64, 0u64);
         for (i, ev) in events.iter().enumerate() {
             admitted.clear();
             admitted.extend(module.admitting_rules(ev).map(|r| r.id.as_str()));
@@ -308,6 +309,8 @@ impl Evaluator {
             let nanos = started.elapsed().as_nanos() as u64;
             module.stats.evaluations.fetch_add(1, Ordering::Relaxed);
             module.stats.eval_nanos.fetch_add(nanos, Ordering::Relaxed);
+            calls += 1;
+            call_nanos += nanos;
             metrics::histogram!("peregrine_rule_eval_seconds", "module" => module.key.clone())
                 .record(nanos as f64 / 1e9);
             let share = nanos as f64 / admitted.len() as f64;
@@ -342,13 +345,21 @@ impl Evaluator {
             .record_successes(tenant, succeeded, Instant::now());
         if !tally.is_empty() {
             let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tenants = module.stats.tenant();
+            let own = tenants.entry(tenant.clone()).or_default();
+            own.evaluations += calls;
+            own.eval_nanos += call_nanos;
             for (id, t) in tally {
                 metrics::counter!("peregrine_rule_evaluations_total", "module" => module.key.clone(), "rule" => id.to_string())
                     .increment(t.evaluations);
-                let c = rules.entry(id.to_string()).or_default();
-                c.evaluations += t.evaluations;
-                c.errors += t.errors;
-                c.eval_nanos += t.nanos as u64;
+                for c in [
+                    rules.entry(id.to_string()).or_default(),
+                    own.rules.entry(id.to_string()).or_default(),
+                ] {
+                    c.evaluations += t.evaluations;
+                    c.errors += t.errors;
+                    c.eval_nanos += t.nanos as u64;
+                }
             }
         }
     }
@@ -498,8 +509,11 @@ impl Evaluator {
         }
         if !accepted.alerts.is_empty() {
             let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tenants = module.stats.tenant();
+            let own = tenants.entry(tenant.clone()).or_default();
             for a in &accepted.alerts {
                 rules.entry(a.rule_id.clone()).or_default().alerts += 1;
+                own.rules.entry(a.rule_id.clone()).or_default().alerts += 1;
                 metrics::counter!("peregrine_alerts_total", "module" => module.key.clone(), "rule" => a.rule_id.clone())
                     .increment(1);
             }
@@ -515,6 +529,12 @@ impl Evaluator {
         e: &CallError,
     ) -> Alert {
         let total = module.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+        module
+            .stats
+            .tenant()
+            .entry(tenant.clone())
+            .or_default()
+            .errors += 1;
         metrics::counter!("peregrine_rule_errors_total", "module" => module.key.clone(), "kind" => e.kind())
             .increment(1);
         tracing::warn!(module = %module.label, audit_id = %ev.audit_id, errors = total, "rule module failed: {e}");

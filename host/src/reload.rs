@@ -332,28 +332,43 @@ impl RuleManager {
             .set(entries.values().filter(|e| e.live.is_some()).count() as f64);
     }
 
-    /// Status of every module file, for the API.
-    pub fn report(&self) -> Vec<ModuleReport> {
+    /// Status of every module file, for the API. With a `viewer` tenant:
+    /// only the modules serving it, with its own counters and quarantine,
+    /// so one tenant learns nothing of another's events.
+    pub fn report(&self, viewer: Option<&str>) -> Vec<ModuleReport> {
         let entries = self.lock();
         entries
             .iter()
+            .filter(|((scope, _), _)| viewer.is_none_or(|t| scope.admits_tenant(t)))
             .map(|((scope, path), e)| {
                 let m = e.live.as_deref();
-                let quarantined = m.map_or_else(Vec::new, |m| m.health.quarantines());
+                let mut quarantined = m.map_or_else(Vec::new, |m| m.health.quarantines());
+                if let Some(t) = viewer {
+                    quarantined.retain(|q| &*q.tenant == t);
+                }
                 let status = match m {
                     None => ModuleStatus::Failed,
                     Some(_) if !quarantined.is_empty() => ModuleStatus::Quarantined,
                     Some(_) => ModuleStatus::Live,
                 };
-                let (evaluations, errors, nanos) = m.map_or((0, 0, 0), |m| {
-                    (
-                        m.stats.evaluations.load(Ordering::Relaxed),
-                        m.stats.errors.load(Ordering::Relaxed),
-                        m.stats.eval_nanos.load(Ordering::Relaxed),
-                    )
-                });
+                let own = match (m, viewer) {
+                    (Some(m), Some(t)) => m.stats.tenant().get(t).cloned().unwrap_or_default(),
+                    (Some(m), None) => crate::rules::TenantCounters {
+                        evaluations: m.stats.evaluations.load(Ordering::Relaxed),
+                        errors: m.stats.errors.load(Ordering::Relaxed),
+                        eval_nanos: m.stats.eval_nanos.load(Ordering::Relaxed),
+                        rules: m
+                            .stats
+                            .rules
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone(),
+                    },
+                    (None, _) => Default::default(),
+                };
+                let (evaluations, errors, nanos) = (own.evaluations, own.errors, own.eval_nanos);
                 let rules = m.map_or_else(Vec::new, |m| {
-                    let counters = m.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
+                    let counters = &own.rules;
                     m.info
                         .rules
                         .iter()
@@ -472,6 +487,7 @@ fn carry_stats(old: &ModuleStats) -> Arc<ModuleStats> {
         .store(old.eval_nanos.load(Ordering::Relaxed), Ordering::Relaxed);
     *new.rules.lock().unwrap_or_else(|p| p.into_inner()) =
         old.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    *new.tenant() = old.tenant().clone();
     Arc::new(new)
 }
 

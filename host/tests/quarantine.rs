@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+const ADMIN: &str = "admin-token-0123456789";
+
 /// The corpus' privileged nginx pod, with a new auditID.
 fn privileged_pod(id: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(corpus("falco/create_nginx_pod_privileged.json")).unwrap();
@@ -128,7 +130,7 @@ fn a_module_failing_on_ordinary_events_is_quarantined_for_that_tenant_only() {
         format!(
             "{}[engine.quarantine]\nfailed_events = 5\nmin_span_secs = 1\nfailure_ratio = 0.5\n\
              window_secs = 60\nretry_after_secs = 0\n\
-             [tenants.team-a]\ntokens = [\"{token}\"]\n",
+             [auth]\nadmin_tokens = [\"{ADMIN}\"]\n[tenants.team-a]\ntokens = [\"{token}\"]\n",
             base_config(&rules)
         ),
     )
@@ -200,7 +202,7 @@ fn a_module_failing_on_ordinary_events_is_quarantined_for_that_tenant_only() {
                 == "peregrine_module_quarantined{module=\"fixture_trap\",tenant=\"default\"} 1"),
         "{metrics}"
     );
-    let (_, report) = get_json(&srv.url("/api/v1/rules"), None);
+    let (_, report) = get_json(&srv.url("/api/v1/rules"), Some(ADMIN));
     let trap = report["modules"]
         .as_array()
         .unwrap()

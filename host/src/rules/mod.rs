@@ -138,6 +138,24 @@ pub struct ModuleStats {
     pub eval_nanos: std::sync::atomic::AtomicU64,
     /// Per rule id: events its prefilter admitted, and alerts it raised.
     pub rules: std::sync::Mutex<HashMap<String, RuleCounters>>,
+    /// The same counters per tenant: a tenant's view of a global module
+    /// shows its own events only, not what the module saw of the others.
+    pub tenants: std::sync::Mutex<HashMap<Arc<str>, TenantCounters>>,
+}
+
+impl ModuleStats {
+    pub fn tenant(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, TenantCounters>> {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One tenant's share of a module's counters.
+#[derive(Debug, Default, Clone)]
+pub struct TenantCounters {
+    pub evaluations: u64,
+    pub errors: u64,
+    pub eval_nanos: u64,
+    pub rules: HashMap<String, RuleCounters>,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]
