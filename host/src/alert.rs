@@ -79,6 +79,9 @@ impl std::fmt::Display for Priority {
 /// The rule name of alerts that report a failing module.
 pub const RULE_ERROR: &str = "Peregrine Rule Error";
 
+/// The rule name of the alert that says a module was taken off for a tenant.
+pub const MODULE_QUARANTINED: &str = "Peregrine Module Quarantined";
+
 /// The output field that carries the rule's id. The host sets it on every
 /// alert, from the rule the module declared, whatever the module put there:
 /// operators route and mute on ids, which stay when a display name changes.

@@ -88,6 +88,8 @@ pub struct EngineConfig {
     /// Where compiled modules are cached. Default: `$XDG_CACHE_HOME/peregrine`
     /// or `~/.cache/peregrine`.
     pub cache_dir: Option<PathBuf>,
+    /// When a module that keeps failing is taken off for a tenant.
+    pub quarantine: crate::health::QuarantineConfig,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +99,7 @@ impl Default for EngineConfig {
             batch_events: 400,
             epoch_tick_ms: 2,
             cache_dir: None,
+            quarantine: Default::default(),
         }
     }
 }
@@ -213,6 +216,11 @@ pub struct RulesConfig {
     /// Rule modules pulled from elsewhere (OCI registries), cached under
     /// the cache directory and loaded with the directories' modules.
     pub sources: Vec<crate::oci::RuleSourceConfig>,
+    /// Load a `*.wasm` symlink whose target is outside its rules directory.
+    /// Off: where tenants own their directories, a symlink must not read
+    /// the host's files. Symlinks inside the directory (a mounted ConfigMap's
+    /// `..data`) are always followed.
+    pub follow_symlinks: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -280,6 +288,7 @@ impl PeregrineConfig {
         if self.engine.epoch_tick_ms == 0 || self.engine.epoch_tick_ms > 1000 {
             return Err("engine.epoch_tick_ms must be between 1 and 1000".into());
         }
+        self.engine.quarantine.validate()?;
         for (name, l) in std::iter::once(("defaults", &self.sandbox.defaults.clone().into()))
             .chain(self.sandbox.modules.iter().map(|(k, v)| (k.as_str(), v)))
         {

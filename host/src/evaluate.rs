@@ -10,14 +10,11 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use peregrine_sdk::audit::AuditEvent;
 
-use crate::alert::{Alert, Priority, RULE_ERROR, RULE_ID_FIELD};
+use crate::alert::{Alert, MODULE_QUARANTINED, Priority, RULE_ERROR, RULE_ID_FIELD};
 use crate::config::RuleMatching;
 use crate::engine::{CallError, ModuleInstance, PreparedEvent, WasmEngine};
+use crate::health::Quarantine;
 use crate::rules::{LoadedModule, RuleSet, StateStore};
-
-/// Consecutive failing calls after which a module is quarantined: it is no
-/// longer called until a new version is loaded.
-pub const QUARANTINE_AFTER: u64 = 20;
 
 /// A rule's share of one batch's work.
 #[derive(Default)]
@@ -258,8 +255,18 @@ impl Evaluator {
         let rules = self.rules.load_full();
         let mut prepared: Vec<Option<PreparedEvent>> = (0..events.len()).map(|_| None).collect();
         let mut per_event: Vec<Vec<Alert>> = vec![Vec::new(); events.len()];
+        let now = Instant::now();
         for module in rules.for_tenant(tenant) {
-            if module.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER {
+            let (off, lifted) = module.health.is_quarantined(tenant, now);
+            if let Some(q) = lifted {
+                tracing::warn!(module = %module.label, tenant = %tenant, since = %q.since,
+                    "quarantine lifted: the module evaluates this tenant's events again and is judged afresh");
+                metrics::gauge!("peregrine_module_quarantined", "module" => module.key.clone(), "tenant" => tenant.to_string())
+                    .set(0.0);
+            }
+            if off {
+                metrics::counter!("peregrine_quarantine_skipped_events_total", "module" => module.key.clone())
+                    .increment(events.len() as u64);
                 continue;
             }
             self.run_module(module, &at, events, &mut prepared, &mut per_event);
@@ -283,6 +290,11 @@ impl Evaluator {
         // is shared equally among the rules whose prefilter admitted the event.
         let mut tally: HashMap<&str, RuleTally> = HashMap::new();
         let mut admitted: Vec<&str> = Vec::new();
+        // Successful calls not yet told to the module's health: it is told
+        // at a failure and at the end of the batch, so a healthy batch takes
+        // its lock once.
+        let mut succeeded = 0u64;
+        let (mut calls, mut call_nanos) = (0u64, 0u64);
         for (i, ev) in events.iter().enumerate() {
             admitted.clear();
             admitted.extend(module.admitting_rules(ev).map(|r| r.id.as_str()));
@@ -292,9 +304,6 @@ impl Evaluator {
             for id in &admitted {
                 tally.entry(id).or_default().evaluations += 1;
             }
-            if module.stats.consecutive_errors.load(Ordering::Relaxed) >= QUARANTINE_AFTER {
-                break;
-            }
             let inst = match &mut instance {
                 Some(inst) => inst,
                 None => match self.fresh_instance(module, at) {
@@ -303,7 +312,9 @@ impl Evaluator {
                         for id in &admitted {
                             tally.entry(id).or_default().errors += 1;
                         }
-                        per_event[i].push(self.rule_error(module, at, ev, &e));
+                        if self.failed(module, at, ev, &e, &mut succeeded, &mut per_event[i]) {
+                            break;
+                        }
                         continue;
                     }
                 },
@@ -314,6 +325,8 @@ impl Evaluator {
             let nanos = started.elapsed().as_nanos() as u64;
             module.stats.evaluations.fetch_add(1, Ordering::Relaxed);
             module.stats.eval_nanos.fetch_add(nanos, Ordering::Relaxed);
+            calls += 1;
+            call_nanos += nanos;
             metrics::histogram!("peregrine_rule_eval_seconds", "module" => module.key.clone())
                 .record(nanos as f64 / 1e9);
             let share = nanos as f64 / admitted.len() as f64;
@@ -323,27 +336,149 @@ impl Evaluator {
                 t.errors += u64::from(result.is_err());
             }
             match result {
-                Ok(alerts) => {
-                    module.stats.consecutive_errors.store(0, Ordering::Relaxed);
-                    self.accept(module, at, ev, alerts, &mut per_event[i]);
+                Ok(evaluated) => {
+                    succeeded += 1;
+                    if !evaluated.cut.is_empty() {
+                        metrics::counter!("peregrine_alerts_truncated_total", "module" => module.key.clone())
+                            .increment(1);
+                        tracing::debug!(module = %module.label, audit_id = %ev.audit_id,
+                            alerts_cut = evaluated.cut.alerts, bytes_cut = evaluated.cut.bytes,
+                            "alert output over the sandbox limits was cut");
+                    }
+                    self.accept(module, at, ev, evaluated.alerts, &mut per_event[i]);
                 }
                 Err(e) => {
                     // A failed call poisons the store: start over with a fresh one.
                     instance = None;
-                    per_event[i].push(self.rule_error(module, at, ev, &e));
+                    if self.failed(module, at, ev, &e, &mut succeeded, &mut per_event[i]) {
+                        break;
+                    }
                 }
             }
         }
+        module
+            .health
+            .record_successes(tenant, succeeded, Instant::now());
         if !tally.is_empty() {
             let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tenants = module.stats.tenant();
+            let own = tenants.entry(tenant.clone()).or_default();
+            own.evaluations += calls;
+            own.eval_nanos += call_nanos;
             for (id, t) in tally {
                 metrics::counter!("peregrine_rule_evaluations_total", "module" => module.key.clone(), "rule" => id.to_string())
                     .increment(t.evaluations);
-                let c = rules.entry(id.to_string()).or_default();
-                c.evaluations += t.evaluations;
-                c.errors += t.errors;
-                c.eval_nanos += t.nanos as u64;
+                for c in [
+                    rules.entry(id.to_string()).or_default(),
+                    own.rules.entry(id.to_string()).or_default(),
+                ] {
+                    c.evaluations += t.evaluations;
+                    c.errors += t.errors;
+                    c.eval_nanos += t.nanos as u64;
+                }
             }
+        }
+    }
+
+    /// A failed call on `ev`: its rule-error alert, and the module's health
+    /// told. Returns whether that quarantined the module for `tenant` (with
+    /// the Critical alert that says so added), so the batch stops calling it.
+    fn failed(
+        &self,
+        module: &LoadedModule,
+        at: &Place,
+        ev: &AuditEvent,
+        e: &CallError,
+        succeeded: &mut u64,
+        out: &mut Vec<Alert>,
+    ) -> bool {
+        let tenant = at.tenant;
+        out.push(self.rule_error(module, at, ev, e));
+        let now = Instant::now();
+        module
+            .health
+            .record_successes(tenant, std::mem::take(succeeded), now);
+        match module
+            .health
+            .record_failure(tenant, &ev.audit_id, &e.to_string(), now)
+        {
+            Some(q) => {
+                out.push(self.quarantined(module, at, ev, &q));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The Critical alert that says a module stopped evaluating a tenant's
+    /// events: detection being off must never go unseen.
+    fn quarantined(
+        &self,
+        module: &LoadedModule,
+        at: &Place,
+        ev: &AuditEvent,
+        q: &Quarantine,
+    ) -> Alert {
+        let until = match &q.retry_at {
+            Some(at) => {
+                format!("until {at}, when it is tried again, or until a new version is loaded")
+            }
+            None => "until a new version is loaded".to_string(),
+        };
+        tracing::error!(
+            module = %module.label,
+            tenant = %q.tenant,
+            failed_events = q.failed_events,
+            failed_calls = q.failed_calls,
+            calls = q.calls,
+            span_secs = q.span_secs,
+            "module quarantined for the tenant: its rules do not evaluate the tenant's events {until}; last error: {}",
+            q.last_error
+        );
+        metrics::counter!("peregrine_module_quarantines_total", "module" => module.key.clone())
+            .increment(1);
+        metrics::gauge!("peregrine_module_quarantined", "module" => module.key.clone(), "tenant" => q.tenant.to_string())
+            .set(1.0);
+        let rules: Vec<&str> = module.info.rules.iter().map(|r| r.id.as_str()).collect();
+        Alert {
+            time_unix_nanos: event_time(ev),
+            rule: MODULE_QUARANTINED.to_string(),
+            rule_id: "module-quarantined".to_string(),
+            priority: Priority::Critical,
+            output: format!(
+                "Rule module {} is quarantined for tenant {}: it failed on {} distinct events over {} s \
+                 ({} of {} calls failed), so its rules ({}) do not evaluate this tenant's events {until}. \
+                 Last error: {}",
+                module.key,
+                q.tenant,
+                q.failed_events,
+                q.span_secs,
+                q.failed_calls,
+                q.calls,
+                rules.join(", "),
+                q.last_error
+            ),
+            tags: vec!["peregrine".into(), "quarantine".into()],
+            fields: vec![
+                (RULE_ID_FIELD.into(), Some("module-quarantined".into())),
+                (
+                    "peregrine.failed_events".into(),
+                    Some(q.failed_events.to_string()),
+                ),
+                (
+                    "peregrine.failed_calls".into(),
+                    Some(q.failed_calls.to_string()),
+                ),
+                ("peregrine.calls".into(), Some(q.calls.to_string())),
+                ("peregrine.error".into(), Some(q.last_error.clone())),
+                ("peregrine.retry_at".into(), q.retry_at.clone()),
+            ],
+            tenant: q.tenant.clone(),
+            cluster: at.cluster.clone(),
+            module: module.key.clone(),
+            module_digest: module.digest.clone(),
+            audit_id: ev.audit_id.clone(),
+            hostname: self.hostname.clone(),
         }
     }
 
@@ -401,8 +536,11 @@ impl Evaluator {
         }
         if !accepted.alerts.is_empty() {
             let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tenants = module.stats.tenant();
+            let own = tenants.entry(tenant.clone()).or_default();
             for a in &accepted.alerts {
                 rules.entry(a.rule_id.clone()).or_default().alerts += 1;
+                own.rules.entry(a.rule_id.clone()).or_default().alerts += 1;
                 metrics::counter!("peregrine_alerts_total", "module" => module.key.clone(), "rule" => a.rule_id.clone())
                     .increment(1);
             }
@@ -418,20 +556,15 @@ impl Evaluator {
         e: &CallError,
     ) -> Alert {
         let total = module.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
-        let consecutive = module
+        module
             .stats
-            .consecutive_errors
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
+            .tenant()
+            .entry(tenant.clone())
+            .or_default()
+            .errors += 1;
         metrics::counter!("peregrine_rule_errors_total", "module" => module.key.clone(), "kind" => e.kind())
             .increment(1);
         tracing::warn!(module = %module.label, audit_id = %ev.audit_id, errors = total, "rule module failed: {e}");
-        if consecutive == QUARANTINE_AFTER {
-            tracing::error!(
-                module = %module.label,
-                "module quarantined after {QUARANTINE_AFTER} consecutive failures; it stays off until a new version is loaded"
-            );
-        }
         Alert {
             time_unix_nanos: event_time(ev),
             rule: RULE_ERROR.to_string(),

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod evaluate;
+pub mod health;
 pub mod ingest;
 pub mod oci;
 pub mod outputs;

@@ -56,6 +56,39 @@ fn canonical_dir(path: &std::path::Path) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+/// A `[modules.<name>]` or `[sandbox.modules.<name>]` that names no module
+/// in the directories is most likely a typo, and the module it meant runs
+/// with its defaults: say so. A warning, not an error, since the module may
+/// be installed after the start.
+fn warn_unknown_module_tables(config: &PeregrineConfig, rules: &RuleManager) {
+    let report = rules.report(None);
+    let known = |scope: &str, key: &str| report.iter().any(|m| m.scope == scope && m.key == key);
+    let any = |key: &str| report.iter().any(|m| m.key == key);
+    for key in config.modules.keys() {
+        if !known("global", key) {
+            tracing::warn!(
+                "[modules.{key}] names no module in the global rules directories (no {key}.wasm): its settings apply to nothing"
+            );
+        }
+    }
+    for key in config.sandbox.modules.keys() {
+        if !any(key) {
+            tracing::warn!(
+                "[sandbox.modules.{key}] names no module in the rules directories (no {key}.wasm): its limits apply to nothing"
+            );
+        }
+    }
+    for (id, tenant) in &config.tenants {
+        for key in tenant.modules.keys() {
+            if !known(&format!("tenant:{id}"), key) {
+                tracing::warn!(
+                    "[tenants.{id}.modules.{key}] names no module in tenant `{id}`'s rules directories: its settings apply to nothing"
+                );
+            }
+        }
+    }
+}
+
 /// The running evaluation pipeline.
 pub struct Pipeline {
     pub config: Arc<PeregrineConfig>,
@@ -104,6 +137,7 @@ impl Pipeline {
                 list.join("\n  ")
             );
         }
+        warn_unknown_module_tables(&config, &rules);
         if live == 0 {
             tracing::warn!(
                 "no rule module is live: events will be accepted but nothing evaluates them"

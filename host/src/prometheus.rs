@@ -126,6 +126,22 @@ fn describe() {
         "Duration of loading one module."
     );
     describe_gauge!("peregrine_modules_live", "Rule modules live.");
+    describe_gauge!(
+        "peregrine_module_quarantined",
+        "1 while a module is quarantined for a tenant, per module and tenant."
+    );
+    describe_counter!(
+        "peregrine_module_quarantines_total",
+        "Times a module was quarantined for a tenant."
+    );
+    describe_counter!(
+        "peregrine_quarantine_skipped_events_total",
+        "Events a quarantined module did not evaluate, per module."
+    );
+    describe_counter!(
+        "peregrine_alerts_truncated_total",
+        "Module calls whose alerts were cut to the sandbox's output limits, per module."
+    );
     describe_counter!(
         "peregrine_alerts_routed_total",
         "Alerts matched by a route (`default` for the default outputs)."

@@ -18,7 +18,6 @@ use notify_debouncer_full::notify::RecursiveMode;
 use serde::Serialize;
 
 use crate::config::PeregrineConfig;
-use crate::evaluate::QUARANTINE_AFTER;
 use crate::rules::{
     LoadFailure, LoadedModule, ModuleLoader, ModuleStats, RuleSet, Scope, discover_modules,
 };
@@ -42,7 +41,9 @@ pub enum ModuleStatus {
     Live,
     /// Never loaded successfully; not evaluating.
     Failed,
-    /// Failed too many calls in a row; not evaluating until a new version loads.
+    /// Quarantined for at least one tenant (see `quarantined`): failed on
+    /// too many distinct events over time; not evaluating that tenant's
+    /// events until it is retried or a new version loads.
     Quarantined,
 }
 
@@ -70,6 +71,8 @@ pub struct ModuleReport {
     pub evaluations: u64,
     pub errors: u64,
     pub mean_eval_micros: Option<f64>,
+    /// The tenants this version is quarantined for, and why.
+    pub quarantined: Vec<crate::health::Quarantine>,
     pub rules: Vec<RuleReport>,
 }
 
@@ -174,7 +177,8 @@ impl RuleManager {
 
     /// (Re)loads one file if its content changed since the last attempt.
     pub fn load_file(&self, scope: &Scope, path: &Path) {
-        let bytes = match crate::rules::read_module(path) {
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let bytes = match crate::rules::read_module(path, dir, self.config.rules.follow_symlinks) {
             Ok(bytes) => bytes,
             Err(LoadFailure::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
@@ -238,6 +242,11 @@ impl RuleManager {
                 // Counters follow the module across versions; quarantine does not.
                 if let Some(old) = &entry.live {
                     module.stats = carry_stats(&old.stats);
+                    for q in old.health.quarantines() {
+                        tracing::info!(module = %module.label, tenant = %q.tenant, "a new version lifts the quarantine");
+                        metrics::gauge!("peregrine_module_quarantined", "module" => old.key.clone(), "tenant" => q.tenant.to_string())
+                            .set(0.0);
+                    }
                 }
                 entry.live = Some(Arc::new(module));
                 entry.last_error = None;
@@ -300,8 +309,12 @@ impl RuleManager {
     pub fn unload(&self, scope: &Scope, path: &Path) {
         let mut entries = self.lock();
         if let Some(e) = entries.remove(&(scope.clone(), path.to_path_buf()))
-            && e.live.is_some()
+            && let Some(m) = &e.live
         {
+            for q in m.health.quarantines() {
+                metrics::gauge!("peregrine_module_quarantined", "module" => m.key.clone(), "tenant" => q.tenant.to_string())
+                    .set(0.0);
+            }
             tracing::info!(module = %path.display(), "module unloaded: its file was removed");
             self.publish(&entries);
         }
@@ -319,32 +332,43 @@ impl RuleManager {
             .set(entries.values().filter(|e| e.live.is_some()).count() as f64);
     }
 
-    /// Status of every module file, for the API.
-    pub fn report(&self) -> Vec<ModuleReport> {
+    /// Status of every module file, for the API. With a `viewer` tenant:
+    /// only the modules serving it, with its own counters and quarantine,
+    /// so one tenant learns nothing of another's events.
+    pub fn report(&self, viewer: Option<&str>) -> Vec<ModuleReport> {
         let entries = self.lock();
         entries
             .iter()
+            .filter(|((scope, _), _)| viewer.is_none_or(|t| scope.admits_tenant(t)))
             .map(|((scope, path), e)| {
                 let m = e.live.as_deref();
+                let mut quarantined = m.map_or_else(Vec::new, |m| m.health.quarantines());
+                if let Some(t) = viewer {
+                    quarantined.retain(|q| &*q.tenant == t);
+                }
                 let status = match m {
                     None => ModuleStatus::Failed,
-                    Some(m)
-                        if m.stats.consecutive_errors.load(Ordering::Relaxed)
-                            >= QUARANTINE_AFTER =>
-                    {
-                        ModuleStatus::Quarantined
-                    }
+                    Some(_) if !quarantined.is_empty() => ModuleStatus::Quarantined,
                     Some(_) => ModuleStatus::Live,
                 };
-                let (evaluations, errors, nanos) = m.map_or((0, 0, 0), |m| {
-                    (
-                        m.stats.evaluations.load(Ordering::Relaxed),
-                        m.stats.errors.load(Ordering::Relaxed),
-                        m.stats.eval_nanos.load(Ordering::Relaxed),
-                    )
-                });
+                let own = match (m, viewer) {
+                    (Some(m), Some(t)) => m.stats.tenant().get(t).cloned().unwrap_or_default(),
+                    (Some(m), None) => crate::rules::TenantCounters {
+                        evaluations: m.stats.evaluations.load(Ordering::Relaxed),
+                        errors: m.stats.errors.load(Ordering::Relaxed),
+                        eval_nanos: m.stats.eval_nanos.load(Ordering::Relaxed),
+                        rules: m
+                            .stats
+                            .rules
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .clone(),
+                    },
+                    (None, _) => Default::default(),
+                };
+                let (evaluations, errors, nanos) = (own.evaluations, own.errors, own.eval_nanos);
                 let rules = m.map_or_else(Vec::new, |m| {
-                    let counters = m.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
+                    let counters = &own.rules;
                     m.info
                         .rules
                         .iter()
@@ -380,6 +404,7 @@ impl RuleManager {
                     errors,
                     mean_eval_micros: (evaluations > 0)
                         .then(|| nanos as f64 / evaluations as f64 / 1_000.0),
+                    quarantined,
                     rules,
                 }
             })
@@ -462,6 +487,7 @@ fn carry_stats(old: &ModuleStats) -> Arc<ModuleStats> {
         .store(old.eval_nanos.load(Ordering::Relaxed), Ordering::Relaxed);
     *new.rules.lock().unwrap_or_else(|p| p.into_inner()) =
         old.rules.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    *new.tenant() = old.tenant().clone();
     Arc::new(new)
 }
 

@@ -56,11 +56,33 @@ pub fn app(state: Arc<AppState>) -> Router {
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
+/// Liveness and readiness in one: the answer is 200 while the process can
+/// take events, also when a module is quarantined, since restarting the pod
+/// (liveness) or taking it out of the Service (readiness) would not mend a
+/// rule and would stop every other rule too. A quarantine turns `status` to
+/// `degraded` and names the module; which tenants are affected is for the
+/// rules API, behind its token, not for an unauthenticated probe.
 async fn healthz(State(app): State<Arc<AppState>>) -> Response {
     let rules = app.rules.current().load();
+    let quarantined: Vec<serde_json::Value> = rules
+        .modules
+        .iter()
+        .filter_map(|m| {
+            let q = m.health.quarantines();
+            (!q.is_empty()).then(|| {
+                serde_json::json!({
+                    "module": m.key,
+                    "digest": m.digest,
+                    "tenants": q.len(),
+                    "since": q.iter().map(|q| q.since.as_str()).min(),
+                })
+            })
+        })
+        .collect();
     axum::Json(serde_json::json!({
-        "status": "ok",
-        "modules_live": rules.modules.len(),
+        "status": if quarantined.is_empty() { "ok" } else { "degraded" },
+        "modules_live": rules.modules.len() - quarantined.len(),
+        "modules_quarantined": quarantined,
         "rule_set_generation": rules.generation,
         "queue_events": app.queue.len(),
         "queue_capacity": app.queue.capacity(),

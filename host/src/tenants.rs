@@ -200,14 +200,15 @@ pub enum ApiAccess {
     Tenant(Arc<str>),
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Whether `offered` is one of `digests`, checking every one in constant time.
@@ -293,16 +294,49 @@ impl Tenants {
             })?;
             admin_digests.push(digest(&token));
         }
+        // A token names one caller: shared between tenants, a request with it
+        // could not say whose events it posts or whose alerts it reads.
+        let mut owner: BTreeMap<[u8; 32], &str> = BTreeMap::new();
+        for d in &admin_digests {
+            owner.insert(*d, "the admin tokens");
+        }
+        for (id, t) in &by_id {
+            for d in &t.token_digests {
+                match owner.insert(*d, id) {
+                    Some(other) if other != id.as_str() => anyhow::bail!(
+                        "tenant `{id}` and {} share a token: every tenant needs tokens of its own",
+                        if other == "the admin tokens" {
+                            other.to_string()
+                        } else {
+                            format!("tenant `{other}`")
+                        }
+                    ),
+                    _ => {}
+                }
+            }
+        }
         Ok(Tenants {
             by_id,
             admin_digests,
         })
     }
 
-    /// Who is calling the API: everyone while no admin token is configured;
+    /// Whether the API and UI answer without a token: only while no token
+    /// at all is configured. Once a tenant has a token its alerts are its
+    /// own, so the API is closed too, even without an admin token.
+    pub fn api_open(&self) -> bool {
+        self.admin_digests.is_empty() && self.by_id.values().all(|t| t.token_digests.is_empty())
+    }
+
+    /// Whether `/k8s-audit` (the default tenant) takes events without a token.
+    pub fn default_open(&self) -> bool {
+        self.by_id.get(DEFAULT_TENANT).is_some_and(|t| t.open)
+    }
+
+    /// Who is calling the API: everyone while it is open ([`Self::api_open`]);
     /// otherwise an admin token sees all, a tenant token its own tenant.
     pub fn api_access(&self, headers: &HeaderMap) -> Result<ApiAccess, AuthError> {
-        if self.admin_digests.is_empty() {
+        if self.api_open() {
             return Ok(ApiAccess::All);
         }
         let offered = digest(bearer(headers).ok_or(AuthError::MissingCredentials)?);

@@ -126,6 +126,10 @@ fn configuration_md_documents_exactly_the_keys_of_every_section() {
     expected.insert("`[server.tls]`".into(), c["server"]["tls"].clone());
     expected.insert("`[server.journal]`".into(), c["server"]["journal"].clone());
     expected.insert(
+        "`[engine.quarantine]`".into(),
+        c["engine"]["quarantine"].clone(),
+    );
+    expected.insert(
         "`[sandbox.modules.<module>]`".into(),
         c["sandbox"]["modules"]["m"].clone(),
     );

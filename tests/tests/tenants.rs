@@ -202,7 +202,17 @@ async fn quotas_limit_rate_and_modules() {
     let r = post_as(&srv, "/k8s-audit/team-a", Some(TOKEN_A), batch("a")).await;
     assert_eq!(r.status(), 200);
 
-    let rules = srv.get_json("/api/v1/rules").await;
+    // Tenants have tokens, so the API wants one: team B's own sees its modules.
+    let rules: serde_json::Value = srv
+        .client
+        .get(srv.url("/api/v1/rules"))
+        .bearer_auth(TOKEN_B)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let tenant_b: Vec<_> = rules["modules"]
         .as_array()
         .unwrap()

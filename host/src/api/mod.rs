@@ -1,8 +1,9 @@
 //! The REST API: rule modules and their status, alert history.
 //!
-//! While no admin token is configured the API is open (the default listen
-//! address is loopback); once one is, every call needs a bearer token, and a
-//! tenant's token sees only that tenant's alerts and modules.
+//! While no token at all is configured (no admin token, no tenant token) the
+//! API is open (the default listen address is loopback); once any is, every
+//! call needs a bearer token: an admin token sees everything, a tenant's
+//! token only that tenant's alerts, modules and counters.
 
 use std::sync::Arc;
 
@@ -33,15 +34,11 @@ pub(crate) async fn rules(State(app): State<Arc<AppState>>, headers: HeaderMap) 
         Ok(a) => a,
         Err(r) => return *r,
     };
-    let modules: Vec<_> = app
-        .rules
-        .report()
-        .into_iter()
-        .filter(|m| match &access {
-            ApiAccess::All => true,
-            ApiAccess::Tenant(t) => m.scope == "global" || m.scope == format!("tenant:{t}"),
-        })
-        .collect();
+    let viewer = match &access {
+        ApiAccess::All => None,
+        ApiAccess::Tenant(t) => Some(&**t),
+    };
+    let modules = app.rules.report(viewer);
     axum::Json(serde_json::json!({ "modules": modules, "sources": app.sources.report() }))
         .into_response()
 }

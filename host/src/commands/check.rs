@@ -62,7 +62,7 @@ pub(crate) fn verify(
     let config = Arc::new(config);
     let dirs = rules_dirs(&config, &args.rules)?;
     let pipeline = Pipeline::start(config, dirs, Arc::new(Nowhere), false)?;
-    let report = pipeline.rules.report();
+    let report = pipeline.rules.report(None);
     let mut failed = 0;
     for m in &report {
         match m.status {

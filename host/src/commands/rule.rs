@@ -76,7 +76,9 @@ fn load_modules(path: &Path, config: Option<&Path>) -> anyhow::Result<Vec<Module
     let loader = ModuleLoader::new(engine, config.clone(), Arc::new(StateStore::default()));
     let mut modules = Vec::new();
     for file in files {
-        let bytes = read_module(&file)?;
+        // The operator named these files: follow their symlinks wherever.
+        let bytes = read_module(&file, file.parent().unwrap_or(Path::new("/")), true)
+            .with_context(|| format!("not pushing: {} does not load", file.display()))?;
         let key = module_key(&file);
         let module = loader
             .load(

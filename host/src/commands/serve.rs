@@ -118,6 +118,7 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let addr = listener.local_addr()?;
+        warn_if_exposed(addr, &state.tenants);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let router = app(state.clone());
         let stopped = async {
@@ -184,6 +185,27 @@ impl Server {
             tokio::task::spawn_blocking(move || pipeline.drain()).await?;
         }
         Ok(())
+    }
+}
+
+/// Beyond loopback, an open API shows every tenant's alerts and an open
+/// webhook takes anyone's events: allowed (a NetworkPolicy may guard the
+/// port), but never silently.
+fn warn_if_exposed(addr: SocketAddr, tenants: &crate::tenants::Tenants) {
+    if addr.ip().is_loopback() {
+        return;
+    }
+    if tenants.api_open() {
+        tracing::warn!(
+            "the API and UI on {addr} are open: anyone who can reach it reads every alert and module; \
+             set auth.admin_tokens (or give tenants tokens) to require a token"
+        );
+    }
+    if tenants.default_open() {
+        tracing::warn!(
+            "the webhook POST /k8s-audit on {addr} takes events without a token: anyone who can reach it \
+             can post audit events; give [tenants.default] tokens or set auth.default_tenant_open = false"
+        );
     }
 }
 

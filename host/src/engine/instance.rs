@@ -33,8 +33,6 @@ pub enum CallError {
     Trap(String),
     #[error("instantiation failed: {0}")]
     Instantiate(String),
-    #[error("returned too much output: {0}")]
-    OutputTooLarge(String),
 }
 
 impl CallError {
@@ -45,7 +43,6 @@ impl CallError {
             CallError::OutOfMemory(_) => "out_of_memory",
             CallError::Trap(_) => "trap",
             CallError::Instantiate(_) => "instantiate",
-            CallError::OutputTooLarge(_) => "output_too_large",
         }
     }
 }
@@ -356,6 +353,14 @@ struct EventRecord<'a> {
 /// `evaluate` with the borrowing parameter type.
 type EvaluateFunc<'a> = TypedFunc<(EventRecord<'a>,), (Vec<wit::Alert>,)>;
 
+/// The alerts of one `evaluate` call, cut to the sandbox's output limits.
+#[derive(Debug)]
+pub struct Evaluated {
+    pub alerts: Vec<sdk::Alert>,
+    /// What was cut to fit the limits (nothing, mostly).
+    pub cut: super::output::Cut,
+}
+
 /// A live instance of a rule module with its own store.
 pub struct ModuleInstance {
     store: Store<StoreData>,
@@ -475,7 +480,7 @@ impl ModuleInstance {
         &mut self,
         event: &PreparedEvent<'_>,
         needs_raw: bool,
-    ) -> Result<Vec<sdk::Alert>, CallError> {
+    ) -> Result<Evaluated, CallError> {
         self.store.set_epoch_deadline(self.deadline_ticks);
         // SAFETY: `new` type-checked this function against `EvaluateFunc`;
         // the types differ from that check only in their lifetime.
@@ -483,32 +488,9 @@ impl ModuleInstance {
         let (alerts,) = func
             .call(&mut self.store, (event.record(needs_raw),))
             .map_err(|e| self.fail(e))?;
-        if alerts.len() > self.limits.max_alerts_per_event {
-            return Err(CallError::OutputTooLarge(format!(
-                "{} alerts for one event, over the limit of {}",
-                alerts.len(),
-                self.limits.max_alerts_per_event
-            )));
-        }
-        let bytes: usize = alerts
-            .iter()
-            .map(|a| {
-                a.output.len()
-                    + a.rule_id.len()
-                    + a.fields
-                        .iter()
-                        .map(|(k, v)| k.len() + v.as_ref().map_or(0, String::len))
-                        .sum::<usize>()
-                    + a.tags.iter().map(String::len).sum::<usize>()
-            })
-            .sum();
-        if bytes > self.limits.max_output_bytes {
-            return Err(CallError::OutputTooLarge(format!(
-                "{bytes} bytes of alert output for one event, over the limit of {}",
-                self.limits.max_output_bytes
-            )));
-        }
-        Ok(alerts.into_iter().map(Into::into).collect())
+        let mut alerts: Vec<sdk::Alert> = alerts.into_iter().map(Into::into).collect();
+        let cut = super::output::cut_to_limits(&mut alerts, &self.limits);
+        Ok(Evaluated { alerts, cut })
     }
 }
 

@@ -9,6 +9,7 @@
 mod bindings;
 mod cache;
 mod instance;
+mod output;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,7 +19,8 @@ use std::time::Duration;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use instance::{CallError, ModuleInstance, PreparedEvent};
+pub use instance::{CallError, Evaluated, ModuleInstance, PreparedEvent};
+pub use output::{ALERTS_CUT_FIELD, Cut, TRUNCATED_FIELD};
 
 use bindings::RuleModulePre;
 use instance::StoreData;

@@ -27,6 +27,8 @@ pub enum LoadFailure {
     },
     #[error("{path} is {size} bytes, over the {MAX_MODULE_BYTES}-byte limit for a module")]
     TooLarge { path: PathBuf, size: u64 },
+    #[error("{path} is not loaded: {reason}")]
+    Refused { path: PathBuf, reason: String },
     #[error(transparent)]
     Compile(#[from] LoadError),
     #[error("{0}")]
@@ -37,32 +39,109 @@ pub enum LoadFailure {
     Metadata(String),
 }
 
-/// The `.wasm` files of a rules directory, in name order. Subdirectories are
-/// not searched, so optional modules can sit next to the live ones.
+/// The `*.wasm` entries of a rules directory, in name order, whatever their
+/// type: [`read_module`] decides which it loads, so a FIFO or a stray
+/// symlink shows up in the rules API with its reason instead of vanishing.
+/// Subdirectories are not searched, so optional modules can sit next to the
+/// live ones.
 pub fn discover_modules(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()))
         .map(|e| e.path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "wasm"))
+        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
         .collect();
     files.sort();
     Ok(files)
 }
 
-/// Reads a module file, refusing files too large to be a rule module.
-pub fn read_module(path: &Path) -> Result<Vec<u8>, LoadFailure> {
+fn kind_of(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads the module file `path` of the rules directory `dir` (canonical).
+/// Everything in a rules directory may be hostile where tenants own their
+/// directories, so: only regular files are read, opened without blocking (a
+/// FIFO must not stall the reload thread), their size is checked before the
+/// read and the read is capped (a symlink to `/dev/zero` must not fill
+/// memory), and a symlink is followed only to a file inside `dir` unless
+/// `follow_symlinks` (a symlink to `/etc/passwd` is refused). Errors name
+/// the file and the reason, never its content.
+pub fn read_module(path: &Path, dir: &Path, follow_symlinks: bool) -> Result<Vec<u8>, LoadFailure> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let read_err = |source| LoadFailure::Read {
         path: path.to_path_buf(),
         source,
     };
-    let size = std::fs::metadata(path).map_err(read_err)?.len();
-    if size > MAX_MODULE_BYTES {
-        return Err(LoadFailure::TooLarge {
-            path: path.to_path_buf(),
-            size,
-        });
+    let refused = |reason: String| LoadFailure::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let mut target = path.to_path_buf();
+    if std::fs::symlink_metadata(path)
+        .map_err(read_err)?
+        .file_type()
+        .is_symlink()
+    {
+        target = std::fs::canonicalize(path).map_err(read_err)?;
+        if !follow_symlinks && !target.starts_with(dir) {
+            return Err(refused(
+                "a symlink to a file outside the rules directory (set rules.follow_symlinks = true to allow)"
+                    .into(),
+            ));
+        }
     }
-    std::fs::read(path).map_err(read_err)
+    let meta = std::fs::metadata(&target).map_err(read_err)?;
+    if !meta.file_type().is_file() {
+        return Err(refused(kind_of(meta.file_type()).into()));
+    }
+    let too_large = |size| LoadFailure::TooLarge {
+        path: path.to_path_buf(),
+        size,
+    };
+    if meta.len() > MAX_MODULE_BYTES {
+        return Err(too_large(meta.len()));
+    }
+    // The file may have been swapped since the checks above: open without
+    // blocking and without following a new symlink, and check the handle.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(&target)
+        .map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if !meta.file_type().is_file() {
+        return Err(refused(kind_of(meta.file_type()).into()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_MODULE_BYTES) as usize);
+    file.take(MAX_MODULE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_MODULE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    // The compiler's error for a file that is not WebAssembly quotes its
+    // first bytes: say what it is not instead.
+    if !bytes.starts_with(b"\0asm") {
+        return Err(refused(
+            "not a WebAssembly file (it does not start with the \\0asm header)".into(),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// The sha256 of a module file, in hex: its identity in alerts, the API and
@@ -173,6 +252,7 @@ impl ModuleLoader {
             loaded_at: SystemTime::now(),
             label,
             stats: Arc::default(),
+            health: crate::health::ModuleHealth::new(self.config.engine.quarantine.clone()),
             rule_index,
             needs_raw,
         })

@@ -62,6 +62,9 @@ pub struct LoadedModule {
     /// `module@digest-prefix`, for logs.
     pub label: Arc<str>,
     pub stats: Arc<ModuleStats>,
+    /// Per tenant: whether this version is quarantined. Not carried over to
+    /// a new version.
+    pub health: crate::health::ModuleHealth,
     rule_index: HashMap<String, usize>,
     needs_raw: bool,
 }
@@ -131,12 +134,28 @@ pub struct ModuleStats {
     pub evaluations: std::sync::atomic::AtomicU64,
     /// Calls that trapped, timed out, ran out of memory or returned bad output.
     pub errors: std::sync::atomic::AtomicU64,
-    /// Errors since the last successful call; drives quarantine.
-    pub consecutive_errors: std::sync::atomic::AtomicU64,
     /// Total time spent in `evaluate`, in nanoseconds.
     pub eval_nanos: std::sync::atomic::AtomicU64,
     /// Per rule id: events its prefilter admitted, and alerts it raised.
     pub rules: std::sync::Mutex<HashMap<String, RuleCounters>>,
+    /// The same counters per tenant: a tenant's view of a global module
+    /// shows its own events only, not what the module saw of the others.
+    pub tenants: std::sync::Mutex<HashMap<Arc<str>, TenantCounters>>,
+}
+
+impl ModuleStats {
+    pub fn tenant(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, TenantCounters>> {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One tenant's share of a module's counters.
+#[derive(Debug, Default, Clone)]
+pub struct TenantCounters {
+    pub evaluations: u64,
+    pub errors: u64,
+    pub eval_nanos: u64,
+    pub rules: HashMap<String, RuleCounters>,
 }
 
 #[derive(Debug, Default, Clone, Copy, serde::Serialize)]

@@ -297,8 +297,8 @@ pub(crate) fn breakdown(env: &BenchEnv, stream: &Stream) -> anyhow::Result<Break
                     e.2 += share;
                 }
                 match result {
-                    Ok(alerts) => {
-                        for a in alerts {
+                    Ok(evaluated) => {
+                        for a in evaluated.alerts {
                             mc.alerts += 1;
                             if let Some((_, r)) = m.rule(&a.rule_id) {
                                 per_rule.entry(r.id.as_str()).or_default().1 += 1;

@@ -90,7 +90,7 @@ fn swap_in(
         if started.elapsed() > TIMEOUT {
             let why = pipeline
                 .rules
-                .report()
+                .report(None)
                 .into_iter()
                 .find_map(|r| r.last_error)
                 .unwrap_or_else(|| "no error reported".into());
