@@ -537,7 +537,7 @@ impl Evaluator {
         if !accepted.alerts.is_empty() {
             let mut rules = module.stats.rules.lock().unwrap_or_else(|p| p.into_inner());
             let mut tenants = module.stats.tenant();
-            let own = tenants.entry(tenant.clone()).or_default();
+            let own = tenants.entry(at.tenant.clone()).or_default();
             for a in &accepted.alerts {
                 rules.entry(a.rule_id.clone()).or_default().alerts += 1;
                 own.rules.entry(a.rule_id.clone()).or_default().alerts += 1;
@@ -559,7 +559,7 @@ impl Evaluator {
         module
             .stats
             .tenant()
-            .entry(tenant.clone())
+            .entry(at.tenant.clone())
             .or_default()
             .errors += 1;
         metrics::counter!("peregrine_rule_errors_total", "module" => module.key.clone(), "kind" => e.kind())

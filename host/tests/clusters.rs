@@ -8,6 +8,14 @@ mod support;
 use support::*;
 
 const TOKEN_A: &str = "team-a-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
+
+/// A GET of the API with the admin token: once tenants have tokens, the API
+/// needs one too.
+fn api(url: &str) -> serde_json::Value {
+    let auth = format!("Bearer {ADMIN}");
+    request("GET", url, &[("Authorization", &auth)], None).json()
+}
 
 #[test]
 fn every_alert_names_its_cluster_and_clusters_route_filter_and_count_apart() {
@@ -18,12 +26,14 @@ fn every_alert_names_its_cluster_and_clusters_route_filter_and_count_apart() {
     std::fs::write(
         &config,
         format!(
-            "{base}[tenants.team-a]\ntokens = [\"{TOKEN_A}\"]\ncluster = \"a-main\"\n\
+            "{base}[auth]\nadmin_tokens = [\"{ADMIN}\"]\n\n[tenants.team-a]\ntokens = [\"{TOKEN_A}\"]\ncluster = \"a-main\"\n\
              clusters = [\"a-main\", \"a-edge\"]\n\n\
+             [delivery]\nspool_dir = \"{spool}\"\n\n\
              [outputs.edge]\ntype = \"file\"\npath = \"{edge}\"\n\n\
              [[routes]]\nname = \"edge\"\nclusters = [\"a-e*\"]\noutputs = [\"edge\"]\n",
             base = base_config(work.path(), &rules),
             edge = edge_file.display(),
+            spool = work.path().join("spool").display(),
         ),
     )
     .unwrap();
@@ -122,9 +132,9 @@ fn every_alert_names_its_cluster_and_clusters_route_filter_and_count_apart() {
 
     // The API filters on the cluster; the summary counts by cluster.
     wait_until("seven alerts stored", || {
-        get_json(&srv.url("/api/v1/alerts/summary"))["total"] == 7
+        api(&srv.url("/api/v1/alerts/summary"))["total"] == 7
     });
-    let stored = get_json(&srv.url("/api/v1/alerts?cluster=a-edge"));
+    let stored = api(&srv.url("/api/v1/alerts?cluster=a-edge"));
     let stored = stored["alerts"].as_array().unwrap();
     assert_eq!(stored.len(), 3, "{stored:?}");
     assert!(
@@ -132,9 +142,9 @@ fn every_alert_names_its_cluster_and_clusters_route_filter_and_count_apart() {
             .iter()
             .all(|s| field(&s["alert"], "peregrine.cluster") == "a-edge")
     );
-    let both = get_json(&srv.url("/api/v1/alerts?tenant=team-a&cluster=a-main"));
+    let both = api(&srv.url("/api/v1/alerts?tenant=team-a&cluster=a-main"));
     assert_eq!(both["alerts"].as_array().unwrap().len(), 2);
-    let summary = get_json(&srv.url("/api/v1/alerts/summary"));
+    let summary = api(&srv.url("/api/v1/alerts/summary"));
     let by_cluster: std::collections::BTreeMap<String, u64> = summary["by_cluster"]
         .as_array()
         .unwrap()
