@@ -20,7 +20,7 @@ TARGET=wasm32-wasip2
 
 mkdir -p "$OUT/optional" "$FIXTURES_OUT"
 
-if ! rustup target list --installed 2>/dev/null | grep -qx "$TARGET"; then
+if ! rustup target list --installed 2>/dev/null | grep -x "$TARGET" >/dev/null; then
     echo "build-rules: installing the $TARGET target"
     rustup target add "$TARGET"
 fi

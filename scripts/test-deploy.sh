@@ -158,14 +158,17 @@ code=$("${curl_tls[@]}" -o /dev/null -w '%{http_code}' -H 'Content-Type: applica
     -H "Authorization: Bearer $token" --data-binary @"$event" "$url/k8s-audit")
 [[ $code == 200 ]] || fail "the event with the token got $code: $("${curl_tls[@]}" -H 'Content-Type: application/json' \
     -H "Authorization: Bearer $token" --data-binary @"$event" "$url/k8s-audit")"
+# A loaded machine can take seconds to evaluate and flush; wait up to 60 s.
+# grep reads the whole log (no -q): with pipefail, a grep that quits early
+# makes the writer die of SIGPIPE and the pipeline fail although it matched.
 rule="Create/Modify Configmap With Private Credentials"
-for _ in $(seq 1 40); do
-    podman "${podman_opts[@]}" logs "$container" 2>/dev/null | grep -qF "\"rule\":\"$rule\"" && break
+for _ in $(seq 1 240); do
+    podman "${podman_opts[@]}" logs "$container" 2>/dev/null | grep -F "\"rule\":\"$rule\"" >/dev/null && break
     sleep 0.25
 done
-podman "${podman_opts[@]}" logs "$container" 2>/dev/null | grep -qF "\"rule\":\"$rule\"" \
+podman "${podman_opts[@]}" logs "$container" 2>/dev/null | grep -F "\"rule\":\"$rule\"" >/dev/null \
     || fail "no alert in the pod's log:"$'\n'"$(podman "${podman_opts[@]}" logs "$container" 2>&1 | tail -20)"
-"${curl_tls[@]}" -f "$url/api/v1/alerts" | grep -qF "$rule" || fail "the alert is not in the API"
+"${curl_tls[@]}" -f "$url/api/v1/alerts" | grep -F "$rule" >/dev/null || fail "the alert is not in the API"
 podman "${podman_opts[@]}" stop -t 10 "$container" >/dev/null
 [[ -d $work/state/journal && -d $work/state/cache ]] || fail "no journal or cache on the state volume"
 step "the quickstart's ConfigMap with credentials raised \"$rule\" (log and API); state is on the volume"
