@@ -34,6 +34,12 @@ fn ids(alerts: &[serde_json::Value], module: &str) -> Vec<String> {
         .collect()
 }
 
+/// A per-source gauge from `/metrics`.
+fn source_gauge(srv: &Running, name: &str, source: &str) -> Option<f64> {
+    let m = request("GET", &srv.url("/metrics"), &[], None).body;
+    metric(&m, name, &[("source", source)])
+}
+
 fn config(work: &Path, rules: &Path, sources: &str) -> std::path::PathBuf {
     let path = work.join("peregrine.toml");
     std::fs::write(
@@ -78,11 +84,21 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
     append(&audit, &line("l2", "ns"));
     srv.wait_alerts("l1 and l2", |a| ids(a, "fixture_echo").len() >= 3);
 
-    // A line written in two parts is read once it is whole.
+    // A line written in two parts is read once it is whole. The source's
+    // lag shows the half line once a poll has seen it; its position stays
+    // where the last whole line ended.
+    let whole = std::fs::metadata(&audit).unwrap().len() as f64;
     let l3 = line("l3", "ns");
     let (head, tail) = l3.split_at(40);
     append(&audit, head);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    wait_until("a poll to see the half line", || {
+        source_gauge(&srv, "peregrine_source_lag_bytes", "apiserver") == Some(40.0)
+    });
+    assert_eq!(
+        source_gauge(&srv, "peregrine_source_position_bytes", "apiserver"),
+        Some(whole),
+        "half a line was read"
+    );
     assert!(
         !echoed(&srv).contains(&"l3".to_string()),
         "half a line was read"
@@ -107,7 +123,17 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
         .truncate(true)
         .open(&audit)
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // What comes next is written once the source has seen the truncation
+    // (had the file grown past the old position first, it could not tell).
+    wait_until("the truncation to be seen", || {
+        let m = request("GET", &srv.url("/metrics"), &[], None).body;
+        metric(
+            &m,
+            "peregrine_source_errors_total",
+            &[("source", "apiserver"), ("kind", "truncated")],
+        )
+        .is_some()
+    });
     append(&audit, "{\"kind\": \"Event\", \"auditID\": \n");
     append(&audit, &line("l6", "ns"));
     srv.wait_alerts("l6", |a| ids(a, "fixture_echo").contains(&"l6".to_string()));
@@ -167,7 +193,29 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
         let i = ids(a, "fixture_echo");
         i.contains(&"l7".to_string()) && i.contains(&"l8".to_string())
     });
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Both sources have caught up with their files: what they accepted in
+    // this run is all there is to evaluate.
+    wait_until("both sources to reach the end of their files", || {
+        let m = request("GET", &srv.url("/metrics"), &[], None).body;
+        let lags: Vec<Option<f64>> = m
+            .lines()
+            .filter(|l| l.starts_with("peregrine_source_lag_bytes{"))
+            .map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect();
+        lags.len() == 2 && lags.iter().all(|l| *l == Some(0.0))
+    });
+    let m = request("GET", &srv.url("/metrics"), &[], None).body;
+    let accepted: f64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("peregrine_source_records_total{") && l.contains("outcome=\"accepted\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        accepted, 2.0,
+        "positions were kept: nothing read twice\n{m}"
+    );
     let second = ids(&srv.alerts(), "fixture_echo");
     let mut second_sorted = second.clone();
     second_sorted.sort();
@@ -193,9 +241,10 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
 fn a_killed_process_loses_no_line_of_the_file() {
     let work = tempfile::tempdir().unwrap();
     let audit = work.path().join("audit.log");
-    // Eight events early in the file spin their rule to the deadline: the
-    // single worker is still on the first batch when the process is killed,
-    // after the source has read (and journalled) what it could.
+    // Eight events early in the file spin their rule. In the first run a
+    // call may spin for an hour, so the single worker is still on the first
+    // batch when the process is killed, after the source has read (and
+    // journalled) what it could; in the second, each spins to 250 ms.
     let lines = |range: std::ops::Range<usize>, want: &mut Vec<String>| {
         let mut text = String::new();
         for i in range {
@@ -219,16 +268,19 @@ fn a_killed_process_loses_no_line_of_the_file() {
             fixture("fixture_spin_loop.wasm"),
         ],
     );
-    let config = config(
-        work.path(),
-        &rules,
-        &format!(
-            "[sandbox]\ncall_deadline_ms = 250\n\n\
-             [[sources]]\ntype = \"file\"\ntenant = \"ops\"\npath = \"{}\"\nstart_at = \"beginning\"\npoll_interval_ms = 50\n",
-            audit.display()
-        ),
-    );
-    let srv = start(&config);
+    let config_with = |spin_deadline_ms: u64| {
+        config(
+            work.path(),
+            &rules,
+            &format!(
+                "[sandbox]\ncall_deadline_ms = 250\n\n\
+                 [sandbox.modules.fixture_spin_loop]\ncall_deadline_ms = {spin_deadline_ms}\n\n\
+                 [[sources]]\ntype = \"file\"\ntenant = \"ops\"\npath = \"{}\"\nstart_at = \"beginning\"\npoll_interval_ms = 50\n",
+                audit.display()
+            ),
+        )
+    };
+    let srv = start(&config_with(3_600_000));
     // The position moves once the journal holds a batch.
     let positions = work.path().join("sources");
     wait_until("the source to save a position past the start", || {
@@ -254,7 +306,7 @@ fn a_killed_process_loses_no_line_of_the_file() {
     // Lines written while it was down are read from the saved position.
     append(&audit, &lines(1500..1600, &mut want));
 
-    let srv = start(&config);
+    let srv = start(&config_with(250));
     let after = srv.wait_alerts("every line evaluated after the restart", |a| {
         let mut seen = ids(a, "fixture_echo");
         seen.extend(seen_before.iter().cloned());

@@ -120,9 +120,15 @@ fn fifo_device_and_outside_symlinks_are_refused_and_a_valid_module_still_loads()
 
     // Touching the junk again changes nothing, and memory stayed bounded
     // (the /dev/zero symlink was never read).
+    let (_, report) = get_json(&srv.url("/api/v1/rules"), None);
+    let before = module(&report, "zero").unwrap()["last_attempt"].clone();
     std::fs::remove_file(rules.join("zero.wasm")).unwrap();
     symlink("/dev/zero", rules.join("zero.wasm")).unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Measured once the reload thread has looked at the new link.
+    let zero = wait_module(&srv, "zero", |m| {
+        m["last_attempt"] != before && !m["last_error"].is_null()
+    });
+    assert_eq!(zero["status"], "failed", "{zero}");
     let rss_end = srv.rss_kib();
     assert!(
         rss_end < rss_start + 100 * 1024,

@@ -3,7 +3,7 @@
 //! collects the alerts it raises.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use peregrine::alert::Alert;
@@ -99,38 +99,111 @@ pub fn rules_dir(modules: &[PathBuf]) -> tempfile::TempDir {
     dir
 }
 
+/// How long a test waits for something that should happen. Generous: the
+/// machines are shared and slow, and a test only waits this long when it is
+/// about to fail.
+pub const LONG_WAIT: Duration = Duration::from_secs(120);
+
 /// Collects every alert the pipeline raises.
 #[derive(Default, Clone)]
-pub struct Collector(Arc<Mutex<Vec<Alert>>>);
+pub struct Collector {
+    alerts: Arc<Mutex<Vec<Alert>>>,
+    gate: Arc<Gate>,
+}
+
+/// Lets a test hold the workers: while it is closed, a worker handing its
+/// batch's alerts to the sink waits there (as it would behind a slow output),
+/// so what is posted meanwhile stays queued.
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    opened: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    closed: bool,
+    /// Workers waiting at the closed gate.
+    waiting: usize,
+}
 
 impl AlertSink for Collector {
     fn submit(&self, alerts: Vec<Alert>) {
-        self.0.lock().unwrap().extend(alerts);
+        let mut g = self.gate.state.lock().unwrap();
+        g.waiting += 1;
+        while g.closed {
+            g = self.gate.opened.wait(g).unwrap();
+        }
+        g.waiting -= 1;
+        drop(g);
+        self.alerts.lock().unwrap().extend(alerts);
+    }
+}
+
+/// Holds the workers at the sink until released or dropped (so a failing
+/// test never leaves them waiting).
+pub struct Hold(Arc<Gate>);
+
+impl Hold {
+    pub fn release(self) {}
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.0.state.lock().unwrap().closed = false;
+        self.0.opened.notify_all();
     }
 }
 
 impl Collector {
     pub fn alerts(&self) -> Vec<Alert> {
-        self.0.lock().unwrap().clone()
+        self.alerts.lock().unwrap().clone()
+    }
+
+    /// Closes the gate: the next workers to finish a batch wait with its
+    /// alerts until the returned hold is released.
+    pub fn hold(&self) -> Hold {
+        self.gate.state.lock().unwrap().closed = true;
+        Hold(self.gate.clone())
+    }
+
+    /// Waits until `n` workers wait at the closed gate.
+    pub async fn wait_held(&self, n: usize) {
+        let deadline = Instant::now() + LONG_WAIT;
+        loop {
+            let waiting = self.gate.state.lock().unwrap().waiting;
+            if waiting >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} workers to be held; {waiting} are"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until `pred` holds for the alerts so far (or fails after a
     /// generous deadline, naming what it waited for).
     pub async fn wait_for(&self, what: &str, pred: impl Fn(&[Alert]) -> bool) -> Vec<Alert> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + LONG_WAIT;
         loop {
-            let alerts = self.alerts();
-            if pred(&alerts) {
-                return alerts;
+            {
+                // Tested in place: the tests that swap modules under load
+                // collect thousands of alerts.
+                let alerts = self.alerts.lock().unwrap();
+                if pred(&alerts) {
+                    return alerts.clone();
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out waiting for {what}; alerts so far: {:#?}",
+                    alerts
+                        .iter()
+                        .map(|a| (&a.rule, &a.audit_id, &a.tenant))
+                        .collect::<Vec<_>>()
+                );
             }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; alerts so far: {:#?}",
-                alerts
-                    .iter()
-                    .map(|a| (&a.rule, &a.audit_id, &a.tenant))
-                    .collect::<Vec<_>>()
-            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -48,7 +48,6 @@ async fn misbehaving_modules_fail_alone() {
         .iter()
         .map(|ns| event(&format!("ev-{ns}"), "get", "pods", ns))
         .collect();
-    let started = Instant::now();
     let (status, _) = srv.post("/k8s-audit", event_list(&events)).await;
     assert_eq!(status, 200);
     let alerts = srv
@@ -59,12 +58,21 @@ async fn misbehaving_modules_fail_alone() {
                 && a.iter().filter(|a| a.rule == "Huge").count() == 64
         })
         .await;
-    // Evaluation of the whole batch, with one loop killed at its deadline,
-    // did not take anything like forever. (Not a speed assertion: a loose
-    // bound that a loop left running would blow.)
-    assert!(started.elapsed() < Duration::from_secs(30));
-
+    // The loop was stopped at its deadline (had it run on, the batch's
+    // alerts would never have come), and is reported as a deadline error.
     assert_eq!(kinds_for(&alerts, "fixture_spin_loop"), ["timeout"]);
+    let spin = alerts
+        .iter()
+        .find(|a| a.module == "fixture_spin_loop" && a.rule == RULE_ERROR)
+        .unwrap();
+    assert_eq!(spin.audit_id, "ev-spin");
+    assert!(
+        spin.field("peregrine.error")
+            .unwrap()
+            .contains("200 ms deadline"),
+        "{:?}",
+        spin.field("peregrine.error")
+    );
     assert_eq!(kinds_for(&alerts, "fixture_memory_bomb"), ["out_of_memory"]);
     assert_eq!(kinds_for(&alerts, "fixture_trap"), ["trap"]);
     // 5000 alerts of 2 KB: cut to the first 64 and their text to the
@@ -156,16 +164,24 @@ async fn misbehaving_modules_fail_alone() {
 #[tokio::test(flavor = "multi_thread")]
 async fn infinite_loop_runs_its_deadline_and_is_stopped() {
     // The deadline is ceil(deadline / tick) + 1 epochs from the call's start,
-    // so a call runs at least its deadline and is interrupted at the first
-    // tick after it. The tick comes from a thread, and on a loaded machine
-    // that thread can be scheduled late; the upper bound here only catches a
-    // loop that is not stopped at all or stopped many ticks late, and the
-    // overshoot itself is measured by `peregrine bench`, not asserted.
+    // and the ticker sleeps a tick between epochs, so a call runs at least
+    // its deadline however loaded the machine is. How soon after it the call
+    // is stopped depends on when the ticker thread is scheduled: that
+    // overshoot is measured by `peregrine bench`, not asserted. What is
+    // asserted is that the loop is stopped: reported as a deadline error,
+    // and the only worker free again for the next event.
     let mut config = test_config();
     config.sandbox.defaults.call_deadline_ms = 100;
     config.engine.epoch_tick_ms = 10;
     config.engine.workers = 1;
-    let srv = TestServer::start(config, rules_dir(&[fixture_module("fixture_spin_loop")])).await;
+    let srv = TestServer::start(
+        config,
+        rules_dir(&[
+            fixture_module("fixture_spin_loop"),
+            fixture_module("fixture_echo"),
+        ]),
+    )
+    .await;
     let (status, _) = srv
         .post(
             "/k8s-audit",
@@ -173,25 +189,55 @@ async fn infinite_loop_runs_its_deadline_and_is_stopped() {
         )
         .await;
     assert_eq!(status, 200);
-    let alerts = srv.alerts.wait_for("the timeout", |a| !a.is_empty()).await;
-    assert_eq!(alerts[0].field("peregrine.error_kind"), Some("timeout"));
+    let alerts = srv
+        .alerts
+        .wait_for("the timeout", |a| a.iter().any(|a| a.rule == RULE_ERROR))
+        .await;
+    let timeout = alerts.iter().find(|a| a.rule == RULE_ERROR).unwrap();
+    assert_eq!(timeout.module, "fixture_spin_loop");
+    assert_eq!(timeout.audit_id, "spin-1");
+    assert_eq!(timeout.field("peregrine.error_kind"), Some("timeout"));
     assert!(
-        alerts[0]
+        timeout
             .field("peregrine.error")
             .unwrap()
-            .contains("100 ms deadline")
+            .contains("100 ms deadline"),
+        "{:?}",
+        timeout.field("peregrine.error")
     );
     let report = srv.get_json("/api/v1/rules").await;
-    let micros = report["modules"][0]["mean_eval_micros"].as_f64().unwrap();
+    let spin = report["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["key"] == "fixture_spin_loop")
+        .unwrap();
+    let micros = spin["mean_eval_micros"].as_f64().unwrap();
     assert!(
         micros >= 100_000.0,
         "stopped before its deadline: {micros} µs"
     );
-    assert!(
-        micros <= 1_000_000.0,
-        "a 100 ms deadline took {micros} µs to enforce"
+    assert_eq!(spin["status"], "live", "{spin}");
+
+    // The same module, and the one worker, serve the next event.
+    let (status, _) = srv
+        .post(
+            "/k8s-audit",
+            event("calm-1", "get", "pods", "calm").to_string(),
+        )
+        .await;
+    assert_eq!(status, 200);
+    srv.alerts
+        .wait_for("the next event echoed", |a| {
+            a.iter().any(|a| a.audit_id == "calm-1" && a.rule == "Echo")
+        })
+        .await;
+    let alerts = srv.shutdown().await;
+    assert_eq!(
+        alerts.iter().filter(|a| a.rule == RULE_ERROR).count(),
+        1,
+        "the next event ran without a fault"
     );
-    srv.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -233,7 +279,9 @@ async fn a_module_that_keeps_failing_is_quarantined_until_reloaded() {
     let mut config = test_config();
     config.engine.workers = 1;
     config.engine.quarantine.failed_events = 5;
-    config.engine.quarantine.min_span_secs = 1;
+    // Failures must span 5 s: far longer than one batch of thirty traps
+    // takes, even on a loaded machine.
+    config.engine.quarantine.min_span_secs = 5;
     config.engine.quarantine.retry_after_secs = 0;
     let dir = rules_dir(&[
         fixture_module("fixture_trap"),
@@ -259,9 +307,9 @@ async fn a_module_that_keeps_failing_is_quarantined_until_reloaded() {
         .filter(|a| a.rule == RULE_ERROR)
         .count();
     assert_eq!(errors, 30, "every event evaluated");
-    // Failing on and on, a second later: quarantined.
+    // Failing on and on, for more than 5 s: quarantined.
     let mut i = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + LONG_WAIT;
     while !srv
         .alerts
         .alerts()
@@ -293,7 +341,7 @@ async fn a_module_that_keeps_failing_is_quarantined_until_reloaded() {
         &trap_path,
         &variant(&std::fs::read(&trap_path).unwrap(), "v2"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + LONG_WAIT;
     loop {
         let rules = srv.get_json("/api/v1/rules").await;
         let m = rules["modules"]

@@ -174,7 +174,10 @@ async fn requests_without_valid_credentials_are_refused() {
 async fn quotas_limit_rate_and_modules() {
     let mut config = test_config();
     let mut b = tenant(TOKEN_B);
-    b.events_per_second = Some(50);
+    // One event a second, and a first batch of 50: it passes on the full
+    // bucket and leaves team B some 49 seconds in debt, so the second batch
+    // is over the rate however slowly this machine sends it.
+    b.events_per_second = Some(1);
     b.max_modules = Some(1);
     config.tenants.insert("team-b".into(), b);
     let srv = start(config, echo_dir(&[]), echo_dir(&["b_first", "b_second"])).await;
@@ -189,7 +192,7 @@ async fn quotas_limit_rate_and_modules() {
     let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("one")).await;
     assert_eq!(r.status(), 200);
     let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("two")).await;
-    assert_eq!(r.status(), 429, "over 50 events per second");
+    assert_eq!(r.status(), 429, "over 1 event per second");
     assert!(
         r.headers()["retry-after"]
             .to_str()
@@ -241,21 +244,27 @@ async fn a_flooding_tenant_with_slow_rules_does_not_starve_another() {
     config.sandbox.defaults.call_deadline_ms = 100;
     let spin = rules_dir(&[fixture_module("fixture_spin_loop")]);
     let srv = start(config, spin, echo_dir(&[])).await;
-    // Team A floods: five batches of events its own module spins on.
-    for b in 0..5 {
+    let flood = |b: usize| {
         let events: Vec<_> = (0..5)
             .map(|i| event(&format!("a-{b}-{i}"), "get", "pods", "spin"))
             .collect();
-        let r = post_as(
+        post_as(
             &srv,
             "/k8s-audit/team-a",
             Some(TOKEN_A),
             event_list(&events),
         )
-        .await;
-        assert_eq!(r.status(), 200);
+    };
+    // Team A floods: five batches of events its own module spins on. The
+    // only worker is held once it has evaluated the first, so the other four
+    // are queued, whatever this machine's speed, when team B sends its one
+    // event.
+    let hold = srv.alerts.hold();
+    assert_eq!(flood(0).await.status(), 200);
+    srv.alerts.wait_held(1).await;
+    for b in 1..5 {
+        assert_eq!(flood(b).await.status(), 200);
     }
-    // Then team B sends one event.
     let r = post_as(
         &srv,
         "/k8s-audit/team-b",
@@ -264,25 +273,27 @@ async fn a_flooding_tenant_with_slow_rules_does_not_starve_another() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let alerts = srv
-        .alerts
+    hold.release();
+
+    srv.alerts
         .wait_for("team B's event", |a| a.iter().any(|a| a.audit_id == "b-0"))
         .await;
-    // Tenants are served in turn: B waited for at most the batch being
-    // evaluated and the one next in A's turn, not for A's whole backlog.
-    let a_done = alerts
-        .iter()
-        .filter(|a| a.rule == "Echo" && &*a.tenant == "team-a")
-        .count();
-    assert!(
-        a_done <= 10,
-        "team B waited behind {a_done} of team A's 25 events"
-    );
     let all = srv.shutdown().await;
+    let a_echo = |a: &&peregrine::alert::Alert| a.rule == "Echo" && &*a.tenant == "team-a";
     assert_eq!(
-        all.iter()
-            .filter(|a| a.rule == "Echo" && &*a.tenant == "team-a")
-            .count(),
-        25
+        all.iter().filter(a_echo).count(),
+        25,
+        "every one of team A's events evaluated"
+    );
+    // One worker hands over the alerts of one batch at a time, so their
+    // order is the order of evaluation. Tenants are served in turn: B waited
+    // for at most the batch being evaluated and the one next in A's turn,
+    // not for A's whole backlog, which was still queued when B's event was
+    // evaluated.
+    let b_at = all.iter().position(|a| a.audit_id == "b-0").unwrap();
+    let a_before = all[..b_at].iter().filter(a_echo).count();
+    assert!(
+        a_before <= 10,
+        "team B waited behind {a_before} of team A's 25 events"
     );
 }

@@ -58,6 +58,17 @@ pub struct Running {
     pub addr: String,
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
+    /// The threads reading stdout and stderr; they end once the pipes close.
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Whatever way a test ends, a failed assertion included, the server it
+/// started does not outlive it.
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Starts `peregrine serve -c <config>`, waits for its address, and
@@ -75,7 +86,7 @@ pub fn start(config: &Path) -> Running {
     let (tx, rx) = std::sync::mpsc::channel();
     let logs = Arc::new(Mutex::new(Vec::new()));
     let log_lines = logs.clone();
-    std::thread::spawn(move || {
+    let err_reader = std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             if let Some(addr) = line.split("listening on http://").nth(1) {
                 let _ = tx.send(addr.split_whitespace().next().unwrap().to_string());
@@ -83,24 +94,27 @@ pub fn start(config: &Path) -> Running {
             log_lines.lock().unwrap().push(line);
         }
     });
-    let addr = match rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(a) => a,
-        Err(_) => panic!("server did not start:\n{}", logs.lock().unwrap().join("\n")),
-    };
     let stdout = Arc::new(Mutex::new(Vec::new()));
     let lines = stdout.clone();
     let out = BufReader::new(child.stdout.take().unwrap());
-    std::thread::spawn(move || {
+    let out_reader = std::thread::spawn(move || {
         for line in out.lines().map_while(Result::ok) {
             lines.lock().unwrap().push(line);
         }
     });
-    Running {
+    // From here on the server is killed on every path out of the test.
+    let mut running = Running {
         child,
-        addr,
+        addr: String::new(),
         stdout,
         stderr: logs,
+        readers: vec![err_reader, out_reader],
+    };
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(a) => running.addr = a,
+        Err(_) => panic!("server did not start:\n{}", running.logs()),
     }
+    running
 }
 
 impl Running {
@@ -144,21 +158,28 @@ impl Running {
         format!("http://{}{path}", self.addr)
     }
 
-    /// SIGKILL: no drain, no flush.
+    /// SIGKILL: no drain, no flush. Returns every line it printed.
     pub fn kill(mut self) -> Vec<String> {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.stdout.lock().unwrap().clone()
+        self.drain_output()
     }
 
-    /// SIGTERM, then waits for a clean exit.
+    /// SIGTERM, then waits for a clean exit. Returns every line it printed.
     pub fn stop(mut self) -> Vec<String> {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "peregrine exited with {status}");
-        // The readers finish once the pipes close.
-        std::thread::sleep(Duration::from_millis(200));
+        self.drain_output()
+    }
+
+    /// Once the process is gone: waits for the readers to reach the end of
+    /// its pipes, so no line it printed is missed.
+    fn drain_output(&mut self) -> Vec<String> {
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
         self.stdout.lock().unwrap().clone()
     }
 }
