@@ -3,7 +3,7 @@
 //! the router and the delivery machinery to local receivers on real ports,
 //! which check the exact payloads.
 
-mod outputs_support;
+use crate::outputs_support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

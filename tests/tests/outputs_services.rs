@@ -4,7 +4,7 @@
 //! temporary directory. `.ci/run` installs the packages; a missing binary
 //! fails the test and says what to install.
 
-mod outputs_support;
+use crate::outputs_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
