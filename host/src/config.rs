@@ -53,6 +53,10 @@ pub struct ServerConfig {
     /// Events held between the webhook and the engine; beyond this the
     /// webhook answers 429 and the apiserver retries.
     pub queue_events: usize,
+    /// Bytes of events held between the webhook and the engine (their
+    /// decoded size); beyond this the webhook answers 429 too, so a flood of
+    /// large events cannot exhaust memory.
+    pub queue_bytes: usize,
     /// Events remembered to drop duplicates by (auditID, stage), which the
     /// apiserver sends when it retries a batch.
     pub dedup_capacity: usize,
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             max_body_bytes: 12 << 20,
             max_event_bytes: 3 << 20,
             queue_events: 100_000,
+            queue_bytes: 256 << 20,
             dedup_capacity: 100_000,
             tls: None,
             journal: Default::default(),
@@ -279,8 +284,12 @@ impl PeregrineConfig {
     /// Checks values that parse but cannot work.
     pub fn validated(self) -> Result<Self, String> {
         let s = &self.server;
-        if s.max_body_bytes == 0 || s.max_event_bytes == 0 || s.queue_events == 0 {
-            return Err("server.max_body_bytes, server.max_event_bytes and server.queue_events must be positive".into());
+        if s.max_body_bytes == 0
+            || s.max_event_bytes == 0
+            || s.queue_events == 0
+            || s.queue_bytes == 0
+        {
+            return Err("server.max_body_bytes, server.max_event_bytes, server.queue_events and server.queue_bytes must be positive".into());
         }
         if self.engine.batch_events == 0 {
             return Err("engine.batch_events must be positive".into());

@@ -2,7 +2,8 @@
 //!
 //! The pipeline, stage by stage: [`ingest`] (webhook, replay) ->
 //! [`evaluate`] (worker threads running the [`rules`] in the [`engine`]
-//! sandbox) -> [`router`] -> [`outputs`]. [`reload`] keeps the live rules in step with
+//! sandbox) -> [`router`] -> [`outputs`]; [`durable`] tells the ingest journal
+//! when a batch's alerts are safe in every output. [`reload`] keeps the live rules in step with
 //! their files; [`tenants`] says who may post what.
 
 pub mod alert;
@@ -10,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod durable;
 pub mod engine;
 pub mod evaluate;
 pub mod health;

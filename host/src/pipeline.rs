@@ -143,7 +143,10 @@ impl Pipeline {
                 "no rule module is live: events will be accepted but nothing evaluates them"
             );
         }
-        let queue = Arc::new(BatchQueue::new(config.server.queue_events));
+        let queue = Arc::new(BatchQueue::new(
+            config.server.queue_events,
+            config.server.queue_bytes,
+        ));
         queue.set_workers(workers);
         let evaluator = Arc::new(Evaluator {
             engine: engine.clone(),

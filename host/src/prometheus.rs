@@ -91,6 +91,10 @@ fn describe() {
         "peregrine_queue_events",
         "Audit events waiting between the webhook and the workers."
     );
+    describe_gauge!(
+        "peregrine_queue_bytes",
+        "Bytes of audit events (decoded size) waiting between the webhook and the workers."
+    );
     describe_counter!(
         "peregrine_rule_evaluations_total",
         "Events handed to a rule (after its prefilter), per module and rule."
@@ -157,6 +161,10 @@ fn describe() {
     describe_gauge!(
         "peregrine_output_queued_alerts",
         "Alerts in an output's in-memory queue, before its store."
+    );
+    describe_counter!(
+        "peregrine_output_waits_total",
+        "Times a worker waited for room in a spooled output's queue (back-pressure)."
     );
     describe_gauge!(
         "peregrine_output_pending_alerts",

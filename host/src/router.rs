@@ -22,6 +22,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::alert::{Alert, Priority};
 use crate::config::PeregrineConfig;
+use crate::durable::Durable;
 use crate::evaluate::AlertSink;
 use crate::outputs::stdout::StdoutConfig;
 use crate::outputs::{OutputKindConfig, Outputs, OutputsError, valid_output_name};
@@ -534,8 +535,15 @@ fn flush_loop(routes: &[Route], outputs: &Outputs, stop: &(Mutex<bool>, Condvar)
 }
 
 impl AlertSink for AlertRouter {
-    #[tracing::instrument(name = "route", skip_all, fields(alerts = alerts.len()))]
     fn submit(&self, alerts: Vec<Alert>) {
+        self.submit_durable(alerts, Durable::none());
+    }
+
+    /// Every output the alerts go to gets a share of `durable`, released
+    /// once it has stored them; folded alerts need none (their window's
+    /// summary stands for them).
+    #[tracing::instrument(name = "route", skip_all, fields(alerts = alerts.len()))]
+    fn submit_durable(&self, alerts: Vec<Alert>, durable: Durable) {
         let handles = self.outputs.handles();
         let mut per_output: Vec<Vec<Alert>> = vec![Vec::new(); handles.len()];
         let mut targets = vec![false; handles.len()];
@@ -597,8 +605,11 @@ impl AlertSink for AlertRouter {
             }
         }
         for (o, batch) in per_output.into_iter().enumerate() {
-            handles[o].enqueue(batch);
+            if !batch.is_empty() {
+                handles[o].enqueue_durable(batch, durable.clone());
+            }
         }
+        durable.release();
     }
 }
 

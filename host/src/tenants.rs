@@ -112,11 +112,10 @@ impl Tenant {
             || self.config.clusters.iter().any(|c| c == cluster)
     }
 
-    /// The most events this tenant may have queued, given the queue size.
-    pub fn queue_share(&self, capacity: usize) -> Option<usize> {
-        self.config
-            .queue_share
-            .map(|s| ((capacity as f64) * s.clamp(0.0, 1.0)).ceil() as usize)
+    /// The share of the queue (of its events and of its bytes) this tenant
+    /// may fill.
+    pub fn queue_share(&self) -> Option<f64> {
+        self.config.queue_share
     }
 
     /// Takes `events` from the tenant's rate budget, or says how many

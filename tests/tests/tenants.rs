@@ -237,6 +237,62 @@ async fn quotas_limit_rate_and_modules() {
     srv.shutdown().await;
 }
 
+/// The apiserver sends a batch refused with 429 again after `Retry-After`:
+/// the retried events were not remembered as seen, so every one of them is
+/// accepted and evaluated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_refused_over_the_rate_is_taken_when_sent_again() {
+    let mut config = test_config();
+    let mut b = tenant(TOKEN_B);
+    b.events_per_second = Some(20);
+    config.tenants.insert("team-b".into(), b);
+    let srv = start(config, echo_dir(&[]), echo_dir(&[])).await;
+    let batch = |p: &str, n: usize| {
+        event_list(
+            &(0..n)
+                .map(|i| event(&format!("{p}-{i}"), "get", "pods", "x"))
+                .collect::<Vec<_>>(),
+        )
+    };
+    // The first batch passes on the full bucket and leaves it five seconds
+    // in debt, so the second is over the rate however slowly it is sent.
+    let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("first", 100)).await;
+    assert_eq!(r.status(), 200);
+    let mut r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("retried", 20)).await;
+    assert_eq!(r.status(), 429, "over 20 events per second");
+    // As the apiserver does: wait as told, send the same batch again, at
+    // most five tries in all.
+    let mut tries = 1;
+    while r.status() == 429 && tries < 5 {
+        let wait: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=5).contains(&wait), "Retry-After {wait}");
+        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+        r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("retried", 20)).await;
+        tries += 1;
+    }
+    assert_eq!(r.status(), 200, "the retry is taken");
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["duplicates"].as_u64()),
+        (Some(20), Some(0)),
+        "the refused events must not be dropped as duplicates: {answer}"
+    );
+    let alerts = srv.shutdown().await;
+    for (p, n) in [("first", 100), ("retried", 20)] {
+        for i in 0..n {
+            let id = format!("{p}-{i}");
+            assert!(
+                alerts.iter().any(|a| a.audit_id == id),
+                "{id} was not evaluated"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_flooding_tenant_with_slow_rules_does_not_starve_another() {
     let mut config = test_config();

@@ -340,7 +340,20 @@ async fn a_full_queue_answers_429_with_retry_after_and_loses_nothing_acknowledge
     assert_eq!(r.status(), 429);
     assert!(r.headers().get("retry-after").is_some());
     hold.release();
-    // The refused events are not remembered as seen: the apiserver's retry is accepted.
+    // The apiserver sends the refused batch again once the queue has room;
+    // its events were not remembered as seen, so every one is accepted.
+    srv.alerts
+        .wait_for("the acknowledged events", |a| {
+            a.iter().filter(|a| a.audit_id.starts_with("fits-")).count() == 10
+        })
+        .await;
+    let (status, again) = srv.post("/k8s-audit", event_list(&over)).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (again["accepted"].as_u64(), again["duplicates"].as_u64()),
+        (Some(10), Some(0)),
+        "the refused events must not be dropped as duplicates: {again}"
+    );
     let alerts = srv.shutdown().await;
     let echoed: std::collections::BTreeSet<_> = alerts
         .iter()
@@ -353,6 +366,80 @@ async fn a_full_queue_answers_429_with_retry_after_and_loses_nothing_acknowledge
             echoed.contains(&format!("fits-{i}")),
             "acknowledged events are all evaluated"
         );
-        assert!(!echoed.contains(&format!("over-{i}")));
+        assert!(
+            echoed.contains(&format!("over-{i}")),
+            "the re-posted batch is evaluated"
+        );
     }
+}
+
+/// A few huge events fill the queue's byte bound long before its event
+/// bound: the webhook answers 429 before memory runs out, and the batch it
+/// refused is taken when the apiserver sends it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn large_events_fill_the_byte_bound_and_get_429_far_from_the_event_bound() {
+    let mut config = test_config();
+    config.engine.workers = 1;
+    config.server.queue_bytes = 1 << 20;
+    let srv = TestServer::start(config, rules_dir(&[fixture_module("fixture_echo")])).await;
+    let big = |id: &str| {
+        let mut e = event(id, "create", "configmaps", "a");
+        e["requestObject"] = serde_json::json!({
+            "kind": "ConfigMap",
+            "data": {"blob": "x".repeat(300 << 10)}
+        });
+        e
+    };
+    // The only worker is held with the first batch's alert (as behind a
+    // slow output): what comes next stays queued.
+    let hold = srv.alerts.hold();
+    let (status, _) = srv
+        .post("/k8s-audit", event_list(&[event("first", "get", "pods", "a")]))
+        .await;
+    assert_eq!(status, 200);
+    srv.alerts.wait_held(1).await;
+    let fits: Vec<_> = (0..3).map(|i| big(&format!("big-{i}"))).collect();
+    let (status, _) = srv.post("/k8s-audit", event_list(&fits)).await;
+    assert_eq!(status, 200, "900 KiB fit in a 1 MiB queue");
+    let over = vec![big("big-over")];
+    let r = srv
+        .client
+        .post(srv.url("/k8s-audit"))
+        .header("content-type", "application/json")
+        .body(event_list(&over))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "300 KiB more do not");
+    assert!(r.headers().get("retry-after").is_some());
+    let health = srv.get_json("/healthz").await;
+    assert_eq!(health["queue_events"], 3);
+    assert!(
+        health["queue_capacity"].as_u64().unwrap() >= 100_000,
+        "the event bound is far away: {health}"
+    );
+    let metrics = srv
+        .client
+        .get(srv.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("peregrine_queue_bytes"),
+        "the queued bytes are a gauge"
+    );
+    hold.release();
+    srv.alerts
+        .wait_for("the queued large events", |a| {
+            a.iter().filter(|a| a.audit_id.starts_with("big-")).count() == 3
+        })
+        .await;
+    let (status, again) = srv.post("/k8s-audit", event_list(&over)).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["accepted"], 1, "{again}");
+    let alerts = srv.shutdown().await;
+    assert!(alerts.iter().any(|a| a.audit_id == "big-over"));
 }

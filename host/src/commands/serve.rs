@@ -235,7 +235,7 @@ fn recover(
                 .get(&p.tenant)
                 .map_or_else(|| p.tenant.clone(), |t| t.cluster.clone())
         });
-        let mut batch = Batch {
+        let batch = Batch {
             tenant: p.tenant,
             cluster,
             events: p.events,
@@ -243,16 +243,12 @@ fn recover(
             journal: Some(JournalEntry::new(journal.clone(), p.id)),
         };
         // The queue may be smaller than what the journal holds: wait for the
-        // workers to make room.
-        loop {
-            match queue.push_or_return(batch) {
-                Ok(()) => break,
-                Err(b) => {
-                    batch = b;
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            }
-        }
+        // workers to make room. They never wait for this thread (outputs
+        // store what they take whatever their receivers do), so the wait
+        // ends.
+        queue
+            .push_wait(batch)
+            .context("the queue closed during journal recovery")?;
     }
     Ok(())
 }

@@ -2,16 +2,19 @@
 //!
 //! Before the webhook answers 200, it writes the request body, with the
 //! (auditID, stage) of the events it accepted from it, to a file of its own
-//! in the journal directory; the worker removes the file once the batch is
-//! evaluated and its alerts are handed to the outputs. At start, the files
-//! left by a killed process are decoded again and their accepted events
-//! evaluated before new traffic is taken. A batch evaluated just before a
-//! crash may be evaluated again: at least once, never lost.
+//! in the journal directory. The file is removed once the batch is evaluated
+//! and every alert it raised is durable: in the spool of every output it is
+//! routed to (see [`crate::durable`]). At start, the files left by a killed
+//! process are decoded again and their accepted events evaluated before new
+//! traffic is taken. A batch evaluated just before a crash may be evaluated
+//! again: at least once, never lost.
 //!
 //! One file per request keeps the hot path to a write and a rename, with no
-//! compaction to stall it; there are never more files than batches in the
-//! queue. Files are not fsynced: they survive the process being killed (the
-//! data is in the operating system's cache), not a power loss of the node.
+//! compaction to stall it; there are about as many files as batches queued
+//! or on their way to the spools (plus, until the next start, the batches
+//! whose alerts a spool failed to write). Files are not fsynced: they
+//! survive the process being killed (the data is in the operating system's
+//! cache), not a power loss of the node.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -88,7 +91,8 @@ impl JournalEntry {
         JournalEntry { journal, id }
     }
 
-    /// The batch is evaluated and its alerts handed on.
+    /// The batch is evaluated and its alerts are durable. An entry dropped
+    /// without this stays, and is evaluated again at the next start.
     pub fn complete(self) {
         self.journal.complete(self.id);
     }

@@ -175,10 +175,7 @@ pub(crate) fn submit(
             .as_ref()
             .map(|(j, id)| JournalEntry::new(j.clone(), *id)),
     };
-    if let Err(e) = app
-        .queue
-        .push(batch, tenant.queue_share(app.queue.capacity()))
-    {
+    if let Err(e) = app.queue.push(batch, tenant.queue_share()) {
         if let Some((j, id)) = journal {
             j.complete(id);
         }

@@ -176,10 +176,7 @@ async fn ingest(
                 .as_ref()
                 .map(|(j, id)| crate::ingest::journal::JournalEntry::new(j.clone(), *id)),
         };
-        if let Err(e) = app
-            .queue
-            .push(batch, tenant.queue_share(app.queue.capacity()))
-        {
+        if let Err(e) = app.queue.push(batch, tenant.queue_share()) {
             if let Some((j, id)) = journal {
                 j.complete(id);
             }

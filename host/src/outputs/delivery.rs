@@ -2,7 +2,7 @@
 //! reimplements queueing, retries or the spool:
 //!
 //! ```text
-//! engine worker --enqueue (never blocks)--> bounded intake queue
+//! engine worker --enqueue--> bounded intake queue
 //!   --intake task--> store (on-disk spool, or memory when the spool is off)
 //!   --sender task--> Deliver::send (the kind's protocol) --ack--> removed from the store
 //!                      `-- failure: retry with exponential backoff and jitter
@@ -10,9 +10,15 @@
 //!
 //! Two tasks per output, so a send that hangs until its timeout never stops
 //! alerts from reaching the spool. Each output has its own tasks and store,
-//! so a slow or dead receiver holds up only its own output. Every alert that
-//! is not delivered is counted in `peregrine_output_dropped_total{reason}`
-//! and logged.
+//! so a slow or dead receiver holds up only its own output's deliveries.
+//!
+//! An output with a spool never drops an alert for lack of room in its
+//! intake queue: the worker waits for room (and the webhook, whose queue
+//! then fills, answers 429), and the batch's [`Durable`] share is released
+//! only once the spool holds the alerts. An output without a spool (the
+//! operator's choice, and stdout's default) never makes a worker wait: what
+//! does not fit is dropped. Every alert that is not delivered is counted in
+//! `peregrine_output_dropped_total{reason}` and logged.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,13 +31,15 @@ use tokio::sync::{Notify, watch};
 
 use super::spool::{EntryKey, Store};
 use crate::alert::Alert;
+use crate::durable::Durable;
 
 /// Delivery settings of one output (`[outputs.<name>.delivery]`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputDeliveryConfig {
     /// Alerts held in memory between the engine and the output's store.
-    /// Beyond this, new alerts are dropped (`reason="queue_full"`).
+    /// Beyond this, the engine waits for room when the output has a spool;
+    /// without one, new alerts are dropped (`reason="queue_full"`).
     pub queue_alerts: usize,
     /// Keep alerts in an on-disk spool until the receiver acknowledges them.
     /// Default: on for every kind except `stdout`.
@@ -161,6 +169,9 @@ struct Shared {
     settings: Settings,
     intake: Mutex<IntakeState>,
     intake_ready: Notify,
+    /// Signalled when the intake task takes alerts (or the output closes),
+    /// for workers waiting for room.
+    intake_room: std::sync::Condvar,
     intake_finished: AtomicBool,
     store: Arc<Mutex<Store>>,
     /// Whether the store is the on-disk spool (fixed for the output's life).
@@ -172,6 +183,9 @@ struct Shared {
 #[derive(Default)]
 struct IntakeState {
     alerts: Vec<Alert>,
+    /// Shares of the batches whose alerts are in `alerts`, released once
+    /// the store holds them.
+    shares: Vec<Durable>,
     closed: bool,
 }
 
@@ -229,6 +243,7 @@ impl OutputHandle {
             settings,
             intake: Mutex::new(IntakeState::default()),
             intake_ready: Notify::new(),
+            intake_room: std::sync::Condvar::new(),
             intake_finished: AtomicBool::new(false),
             store: Arc::new(Mutex::new(store)),
             durable,
@@ -263,28 +278,54 @@ impl OutputHandle {
         }
     }
 
-    /// Hands alerts to the output. Never waits for anything but a short
-    /// lock: when the queue is full the excess is dropped and counted.
+    /// Hands alerts to the output with nothing waiting for them (fold
+    /// summaries); see [`OutputHandle::enqueue_durable`].
     pub fn enqueue(&self, alerts: Vec<Alert>) {
+        self.enqueue_durable(alerts, Durable::none());
+    }
+
+    /// Hands alerts to the output, with their batch's share of durability.
+    /// With a spool, waits while the intake queue is full, and the share is
+    /// released once the spool holds the alerts. Without one, never waits:
+    /// the share is released at once and what does not fit is dropped and
+    /// counted. Blocking: call it from a worker thread, not async code.
+    pub fn enqueue_durable(&self, alerts: Vec<Alert>, share: Durable) {
         if alerts.is_empty() {
+            share.release();
             return;
         }
-        let mut s = self.shared.intake();
+        let shared = &self.shared;
+        let cap = shared.settings.queue_alerts;
+        let mut s = shared.intake();
+        if shared.durable {
+            // A batch larger than the whole queue goes in once it is empty.
+            while !s.closed && !s.alerts.is_empty() && s.alerts.len() + alerts.len() > cap {
+                metrics::counter!("peregrine_output_waits_total", "output" => self.name.to_string())
+                    .increment(1);
+                s = shared
+                    .intake_room
+                    .wait(s)
+                    .unwrap_or_else(|p| p.into_inner());
+            }
+        }
         if s.closed {
             drop(s);
-            self.shared
+            // Kept in the journal: evaluated again after the next start.
+            share.keep();
+            shared
                 .drops
                 .dropped("shutdown", alerts.len(), "the output is shutting down");
             return;
         }
-        let room = self
-            .shared
-            .settings
-            .queue_alerts
-            .saturating_sub(s.alerts.len());
         let mut alerts = alerts;
-        let excess = alerts.len().saturating_sub(room);
-        if excess > 0 {
+        let mut excess = 0;
+        if shared.durable {
+            s.shares.push(share);
+        } else {
+            // Memory-only: nothing here survives a crash anyway.
+            share.release();
+            let room = cap.saturating_sub(s.alerts.len());
+            excess = alerts.len().saturating_sub(room);
             alerts.truncate(room);
         }
         s.alerts.extend(alerts);
@@ -293,22 +334,23 @@ impl OutputHandle {
         metrics::gauge!("peregrine_output_queued_alerts", "output" => self.name.to_string())
             .set(queued as f64);
         if excess > 0 {
-            self.shared.drops.dropped(
+            shared.drops.dropped(
                 "queue_full",
                 excess,
                 format_args!(
-                    "its queue holds {} alerts and the store does not take them fast enough",
-                    self.shared.settings.queue_alerts
+                    "its queue holds {cap} alerts, the store does not take them fast enough, \
+                     and the output has no spool (delivery.spool = false), so it does not hold the engine back"
                 ),
             );
         }
-        self.shared.intake_ready.notify_one();
+        shared.intake_ready.notify_one();
     }
 
     /// Stops taking alerts and lets the sender deliver until `deadline`.
     pub(crate) fn begin_shutdown(&self, deadline: Instant) {
         self.shared.intake().closed = true;
         self.shared.intake_ready.notify_one();
+        self.shared.intake_room.notify_all();
         let _ = self
             .control
             .send(Phase::Draining(tokio::time::Instant::from_std(deadline)));
@@ -336,11 +378,18 @@ impl OutputHandle {
 async fn run_intake(shared: &Shared) {
     let name = shared.settings.name.to_string();
     loop {
-        let (batch, closed) = {
+        let (batch, shares, closed) = {
             let mut s = shared.intake();
-            (std::mem::take(&mut s.alerts), s.closed)
+            let taken = (
+                std::mem::take(&mut s.alerts),
+                std::mem::take(&mut s.shares),
+                s.closed,
+            );
+            shared.intake_room.notify_all();
+            taken
         };
         if batch.is_empty() {
+            shares.into_iter().for_each(Durable::release);
             if closed {
                 break;
             }
@@ -375,17 +424,26 @@ async fn run_intake(shared: &Shared) {
                         "the alert could not be serialised",
                     );
                 }
+                // Stored, or dropped for a reason counted above that a
+                // second evaluation would not mend.
+                shares.into_iter().for_each(Durable::release);
             }
             Some(Err(e)) => {
-                // A spool that cannot be written (disk full, I/O error) loses
-                // these alerts: count them, say why, and keep going, since the
-                // next write may work again.
+                // A spool that cannot be written (disk full, I/O error)
+                // loses these alerts for now: count them, say why, and keep
+                // going, since the next write may work again. Their batches
+                // stay in the ingest journal and are evaluated again after
+                // the next start.
+                shares.into_iter().for_each(Durable::keep);
                 shared.drops.dropped("spool_error", n, &e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            None => shared
-                .drops
-                .dropped("spool_error", n, "the store task failed"),
+            None => {
+                shares.into_iter().for_each(Durable::keep);
+                shared
+                    .drops
+                    .dropped("spool_error", n, "the store task failed")
+            }
         }
         shared.store_ready.notify_one();
     }

@@ -82,8 +82,25 @@ struct FileState {
 
 impl FileState {
     fn open(path: &Path) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        let size = file.metadata()?.len();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)?;
+        let mut size = file.metadata()?.len();
+        // A process killed in the middle of a write leaves a partial last
+        // line; its alerts are sent again from the spool, and must start on
+        // a line of their own.
+        if size > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8; 1];
+            file.seek(SeekFrom::Start(size - 1))?;
+            file.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+                size += 1;
+            }
+        }
         Ok(FileState { file, size })
     }
 }
@@ -227,5 +244,20 @@ mod tests {
                 .contains(" R1 ")
         );
         assert!(!rotated(&path, 3).exists());
+    }
+
+    #[test]
+    fn a_partial_last_line_is_ended_before_new_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.jsonl");
+        std::fs::write(&path, b"{\"whole\":1}\n{\"cut").unwrap();
+        let mut s = FileState::open(&path).unwrap();
+        s.file.write_all(b"{\"next\":2}\n").unwrap();
+        drop(s);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"whole\":1}\n{\"cut\n{\"next\":2}\n");
+        // A file that ends a line is left as it is.
+        let s = FileState::open(&path).unwrap();
+        assert_eq!(s.size, text.len() as u64);
     }
 }

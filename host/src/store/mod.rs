@@ -337,16 +337,24 @@ impl AlertSink for AlertStore {
     }
 }
 
-/// Hands every batch to several sinks: the outputs and the store.
+/// Hands every batch to several sinks: the outputs and the store. Each
+/// holds a share of the batch's durability.
 pub struct Tee(pub Vec<Arc<dyn AlertSink>>);
 
 impl AlertSink for Tee {
     fn submit(&self, alerts: Vec<Alert>) {
-        if let Some((last, rest)) = self.0.split_last() {
-            for s in rest {
-                s.submit(alerts.clone());
+        self.submit_durable(alerts, crate::durable::Durable::none());
+    }
+
+    fn submit_durable(&self, alerts: Vec<Alert>, durable: crate::durable::Durable) {
+        match self.0.split_last() {
+            Some((last, rest)) => {
+                for s in rest {
+                    s.submit_durable(alerts.clone(), durable.clone());
+                }
+                last.submit_durable(alerts, durable);
             }
-            last.submit(alerts);
+            None => durable.release(),
         }
     }
 }

@@ -29,6 +29,17 @@ pub fn example(name: &str) -> PathBuf {
     p
 }
 
+/// A file of the shared audit corpus (`$PEREGRINE_AUDIT_CORPUS`, else
+/// `../shared/audit-corpus` next to the checkout).
+pub fn corpus_file(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PEREGRINE_AUDIT_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/audit-corpus"));
+    let p = dir.join("falco").join(name);
+    assert!(p.is_file(), "{} is missing: the audit corpus is needed", p.display());
+    p
+}
+
 /// A rules directory in `work` holding copies of `modules`.
 pub fn rules_dir(work: &Path, modules: &[PathBuf]) -> PathBuf {
     let dir = work.join("rules");
