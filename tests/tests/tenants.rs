@@ -256,9 +256,21 @@ async fn a_batch_refused_over_the_rate_is_taken_when_sent_again() {
     };
     // The first batch passes on the full bucket and leaves it five seconds
     // in debt, so the second is over the rate however slowly it is sent.
-    let r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("first", 100)).await;
+    let r = post_as(
+        &srv,
+        "/k8s-audit/team-b",
+        Some(TOKEN_B),
+        batch("first", 100),
+    )
+    .await;
     assert_eq!(r.status(), 200);
-    let mut r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("retried", 20)).await;
+    let mut r = post_as(
+        &srv,
+        "/k8s-audit/team-b",
+        Some(TOKEN_B),
+        batch("retried", 20),
+    )
+    .await;
     assert_eq!(r.status(), 429, "over 20 events per second");
     // As the apiserver does: wait as told, send the same batch again, at
     // most five tries in all.
@@ -271,7 +283,13 @@ async fn a_batch_refused_over_the_rate_is_taken_when_sent_again() {
             .unwrap();
         assert!((1..=5).contains(&wait), "Retry-After {wait}");
         tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
-        r = post_as(&srv, "/k8s-audit/team-b", Some(TOKEN_B), batch("retried", 20)).await;
+        r = post_as(
+            &srv,
+            "/k8s-audit/team-b",
+            Some(TOKEN_B),
+            batch("retried", 20),
+        )
+        .await;
         tries += 1;
     }
     assert_eq!(r.status(), 200, "the retry is taken");

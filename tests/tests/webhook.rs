@@ -394,7 +394,10 @@ async fn large_events_fill_the_byte_bound_and_get_429_far_from_the_event_bound()
     // slow output): what comes next stays queued.
     let hold = srv.alerts.hold();
     let (status, _) = srv
-        .post("/k8s-audit", event_list(&[event("first", "get", "pods", "a")]))
+        .post(
+            "/k8s-audit",
+            event_list(&[event("first", "get", "pods", "a")]),
+        )
         .await;
     assert_eq!(status, 200);
     srv.alerts.wait_held(1).await;

@@ -36,7 +36,11 @@ pub fn corpus_file(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("../shared/audit-corpus"));
     let p = dir.join("falco").join(name);
-    assert!(p.is_file(), "{} is missing: the audit corpus is needed", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: the audit corpus is needed",
+        p.display()
+    );
     p
 }
 
