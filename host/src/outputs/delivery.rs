@@ -705,6 +705,113 @@ impl DropLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outputs::spool::{DiskSpool, MemoryStore};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A receiver that never answers: what is stored stays stored.
+    struct Never;
+
+    impl Deliver for Never {
+        async fn send(&mut self, _alerts: &[Alert]) -> Result<(), SendFailure> {
+            std::future::pending().await
+        }
+    }
+
+    fn alert(n: usize) -> Alert {
+        Alert {
+            time_unix_nanos: 0,
+            rule: "R".into(),
+            rule_id: "r".into(),
+            priority: crate::alert::Priority::Warning,
+            output: format!("alert {n}"),
+            tags: vec![],
+            fields: vec![],
+            tenant: "t".into(),
+            cluster: "t".into(),
+            module: "m".into(),
+            module_digest: "d".into(),
+            audit_id: format!("id-{n}"),
+            hostname: "h".into(),
+        }
+    }
+
+    fn start(rt: &tokio::runtime::Runtime, store: Store) -> Arc<OutputHandle> {
+        let settings = Settings {
+            name: "o".into(),
+            kind: "test",
+            queue_alerts: 4,
+            batch_max: 100,
+            retry_initial: Duration::from_millis(100),
+            retry_max: Duration::from_secs(1),
+        };
+        Arc::new(OutputHandle::start(rt.handle(), settings, store, Never))
+    }
+
+    /// Five batches of three alerts, each with a share that counts its
+    /// release in `done`, from another thread.
+    fn push_batches(h: &Arc<OutputHandle>, done: &Arc<AtomicUsize>) -> std::thread::JoinHandle<()> {
+        let (h, done) = (h.clone(), done.clone());
+        std::thread::spawn(move || {
+            for b in 0..5 {
+                let done = done.clone();
+                let share = Durable::new(move || {
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+                h.enqueue_durable((0..3).map(|i| alert(b * 3 + i)).collect(), share);
+            }
+        })
+    }
+
+    #[test]
+    fn a_spooled_output_makes_the_engine_wait_instead_of_dropping() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = DiskSpool::open(&dir.path().join("o.sqlite"), 1 << 30).unwrap();
+        let h = start(&rt, Store::Disk(spool));
+        let store = h.shared.store.clone();
+        // While the spool cannot be written, fifteen alerts cannot all fit
+        // in a queue of four.
+        let locked = store.lock().unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let pusher = push_batches(&h, &done);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while h.shared.intake().alerts.len() < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "nothing reached the intake queue"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            0,
+            "no batch is durable before the spool holds its alerts"
+        );
+        drop(locked);
+        pusher.join().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while done.load(Ordering::SeqCst) < 5 {
+            assert!(Instant::now() < deadline, "shares were not all released");
+            std::thread::yield_now();
+        }
+        assert_eq!(store.lock().unwrap().len(), 15, "nothing was dropped");
+        rt.shutdown_background();
+    }
+
+    #[test]
+    fn a_memory_only_output_never_makes_the_engine_wait() {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let h = start(&rt, Store::Memory(MemoryStore::new(4)));
+        let store = h.shared.store.clone();
+        let locked = store.lock().unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        // Returns while the store is still locked: it drops what does not
+        // fit rather than wait, and its shares are released at once.
+        push_batches(&h, &done).join().unwrap();
+        assert_eq!(done.load(Ordering::SeqCst), 5);
+        drop(locked);
+        rt.shutdown_background();
+    }
 
     #[test]
     fn backoff_grows_to_its_cap_and_stays_jittered() {
