@@ -10,6 +10,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod engine;
 pub mod evaluate;
 pub mod health;
