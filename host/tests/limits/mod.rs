@@ -395,8 +395,13 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
             .cloned()
             .collect()
     };
+    // The log arrives through a pipe: wait for it.
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while lines(&srv).is_empty() {
+        assert!(Instant::now() < deadline, "no log line:\n{}", srv.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let first = lines(&srv);
-    assert!(!first.is_empty(), "no log line:\n{}", srv.log());
     assert!(first.len() < 40, "not rate-limited: {first:#?}");
     assert!(first[0].contains("over the per-event limit of 2000"), "{first:?}");
     // Once the second has passed, the next oversize event is logged again,
