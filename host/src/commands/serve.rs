@@ -131,7 +131,12 @@ impl Server {
         } else {
             "http"
         };
-        let tls = config.server.tls.as_ref().map(|t| t.acceptor()).transpose()?;
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(|t| t.acceptor())
+            .transpose()?;
         crate::connections::fit_file_limit(config.server.max_connections);
         let server_config = config.server.clone();
         let task = tokio::spawn(async move {

@@ -95,8 +95,7 @@ pub(crate) async fn read_body(
 ) -> Result<Bytes, BodyError> {
     let result = read(server, headers, body).await;
     if let Err(e) = &result {
-        metrics::counter!("peregrine_requests_rejected_total", "reason" => e.reason())
-            .increment(1);
+        metrics::counter!("peregrine_requests_rejected_total", "reason" => e.reason()).increment(1);
     }
     result
 }

@@ -21,9 +21,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::body::read_body;
 use super::envelope::Limits;
 use super::envelope::pubsub::unwrap_push;
-use super::body::read_body;
 use super::push::deliver;
 use super::sources::count_error;
 use super::webhook::error_response;

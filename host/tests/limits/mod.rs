@@ -278,9 +278,12 @@ fn post_bytes(url: &str, headers: &[&str], body: &[u8]) -> (u16, serde_json::Val
     let file = dir.path().join("body");
     std::fs::write(&file, body).unwrap();
     let mut c = std::process::Command::new("curl");
-    c.args(["-sS", "-o"])
-        .arg(dir.path().join("out"))
-        .args(["-w", "%{http_code}", "-H", "Content-Type: application/json"]);
+    c.args(["-sS", "-o"]).arg(dir.path().join("out")).args([
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Content-Type: application/json",
+    ]);
     for h in headers {
         c.args(["-H", h]);
     }
@@ -318,7 +321,10 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
     assert!(bomb.len() < 1 << 20);
     let (code, body) = post_bytes(&url, &["Content-Encoding: gzip"], &bomb);
     assert_eq!(code, 413, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("expands past"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("expands past"),
+        "{body}"
+    );
     let (code, body) = post_bytes(
         &srv.url("/ingest/pubsub"),
         &["Content-Encoding: gzip"],
@@ -329,7 +335,10 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
     let (code, body) = post_bytes(&url, &["Content-Encoding: br"], list.as_bytes());
     assert_eq!(code, 415, "{body}");
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains("`br` is not supported") && error.contains("gzip"), "{body}");
+    assert!(
+        error.contains("`br` is not supported") && error.contains("gzip"),
+        "{body}"
+    );
 
     // 250 bad items and a good one: the first 100 reasons and the count.
     let mut items: Vec<serde_json::Value> = (0..250)
@@ -350,18 +359,12 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
     assert_eq!(code, 429, "{body}");
     let m = metrics_text(&srv);
     assert_eq!(
-        metric(
-            &m,
-            "peregrine_events_refused_total{reason=\"tenant_rate\"}"
-        ),
+        metric(&m, "peregrine_events_refused_total{reason=\"tenant_rate\"}"),
         50.0,
         "{m}"
     );
     assert_eq!(
-        metric(
-            &m,
-            "peregrine_events_received_total{tenant=\"default\"}"
-        ),
+        metric(&m, "peregrine_events_received_total{tenant=\"default\"}"),
         3.0,
         "{m}"
     );
@@ -403,7 +406,10 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
     }
     let first = lines(&srv);
     assert!(first.len() < 40, "not rate-limited: {first:#?}");
-    assert!(first[0].contains("over the per-event limit of 2000"), "{first:?}");
+    assert!(
+        first[0].contains("over the per-event limit of 2000"),
+        "{first:?}"
+    );
     // Once the second has passed, the next oversize event is logged again,
     // with the count of those left out.
     let deadline = Instant::now() + CLOSE_WAIT;
