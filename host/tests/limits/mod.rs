@@ -127,8 +127,15 @@ fn idle_partial_header_and_partial_body_connections_are_closed_after_their_deadl
         )
         .unwrap();
     // HTTP/2 by prior knowledge: the preface and empty SETTINGS, then nothing.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
     let mut h2 = connect(&srv);
-    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+    h2.write_all(PREFACE).unwrap();
+    // HTTP/2 with a request's header block begun (HEADERS without
+    // END_HEADERS: GET, /, http) and its CONTINUATION never sent.
+    let mut h2_head = connect(&srv);
+    h2_head.write_all(PREFACE).unwrap();
+    h2_head
+        .write_all(b"\0\0\x03\x01\x01\0\0\0\x01\x82\x84\x86")
         .unwrap();
 
     assert!(read_until_closed(&mut silent).is_empty());
@@ -137,16 +144,19 @@ fn idle_partial_header_and_partial_body_connections_are_closed_after_their_deadl
     let answer = String::from_utf8_lossy(&read_until_closed(&mut slow_body)).to_string();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("not received within 1 s"), "{answer}");
-    // The HTTP/2 connection is told to go away (a GOAWAY frame), then closed.
-    let frames = read_until_closed(&mut h2);
-    let mut at = 0;
-    let mut types = Vec::new();
-    while at + 9 <= frames.len() {
-        let len = u32::from_be_bytes([0, frames[at], frames[at + 1], frames[at + 2]]) as usize;
-        types.push(frames[at + 3]);
-        at += 9 + len;
+    // The HTTP/2 connections are told to go away (a GOAWAY frame), then
+    // closed.
+    for c in [&mut h2, &mut h2_head] {
+        let frames = read_until_closed(c);
+        let mut at = 0;
+        let mut types = Vec::new();
+        while at + 9 <= frames.len() {
+            let len = u32::from_be_bytes([0, frames[at], frames[at + 1], frames[at + 2]]) as usize;
+            types.push(frames[at + 3]);
+            at += 9 + len;
+        }
+        assert!(types.contains(&7), "no GOAWAY among frames {types:?}");
     }
-    assert!(types.contains(&7), "no GOAWAY among frames {types:?}");
 
     let m = metrics_text(&srv);
     // The silent and the HTTP/2 ones were idle; the kept-alive one and the
