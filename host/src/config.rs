@@ -39,6 +39,9 @@ pub struct PeregrineConfig {
     pub sources: Vec<crate::ingest::sources::SourceConfig>,
 }
 
+/// The most `server.max_connections` may be.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
@@ -64,6 +67,39 @@ pub struct ServerConfig {
     pub tls: Option<crate::tls::TlsConfig>,
     /// Keep acknowledged events on disk until they are evaluated.
     pub journal: crate::ingest::journal::JournalConfig,
+    /// Most connections open at once, the reserve included; beyond it a
+    /// new connection is closed at once (see `crate::connections`).
+    pub max_connections: usize,
+    /// Of `max_connections`, the last ones, kept for `/healthz` and
+    /// `/metrics`: a connection that gets one is answered once, for those
+    /// two paths only.
+    pub reserved_connections: usize,
+    /// How long a client may take to send a request's headers, counted from
+    /// when the server waits for them (HTTP/1.1, also between requests on a
+    /// kept-alive connection); and to finish the TLS handshake.
+    pub header_read_timeout_secs: u64,
+    /// How long a client may take to send a whole request body.
+    pub body_read_timeout_secs: u64,
+    /// A connection with no request in progress is closed after this.
+    pub idle_timeout_secs: u64,
+    /// A connection whose writes make no progress for this long (a client
+    /// that stopped reading) is closed.
+    pub write_timeout_secs: u64,
+}
+
+impl ServerConfig {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout_secs)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_read_timeout_secs)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
+    }
 }
 
 impl Default for ServerConfig {
@@ -77,6 +113,12 @@ impl Default for ServerConfig {
             dedup_capacity: 100_000,
             tls: None,
             journal: Default::default(),
+            max_connections: 4096,
+            reserved_connections: 32,
+            header_read_timeout_secs: 30,
+            body_read_timeout_secs: 60,
+            idle_timeout_secs: 60,
+            write_timeout_secs: 30,
         }
     }
 }
@@ -290,6 +332,26 @@ impl PeregrineConfig {
             || s.queue_bytes == 0
         {
             return Err("server.max_body_bytes, server.max_event_bytes, server.queue_events and server.queue_bytes must be positive".into());
+        }
+        if s.max_connections > MAX_CONNECTIONS {
+            return Err(format!(
+                "server.max_connections is at most {MAX_CONNECTIONS}"
+            ));
+        }
+        if s.reserved_connections >= s.max_connections {
+            return Err(
+                "server.reserved_connections must be smaller than server.max_connections".into(),
+            );
+        }
+        if [
+            s.header_read_timeout_secs,
+            s.body_read_timeout_secs,
+            s.idle_timeout_secs,
+            s.write_timeout_secs,
+        ]
+        .contains(&0)
+        {
+            return Err("server.header_read_timeout_secs, body_read_timeout_secs, idle_timeout_secs and write_timeout_secs must be positive".into());
         }
         if self.engine.batch_events == 0 {
             return Err("engine.batch_events must be positive".into());

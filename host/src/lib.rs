@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod connections;
 pub mod durable;
 pub mod engine;
 pub mod evaluate;

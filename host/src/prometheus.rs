@@ -69,7 +69,23 @@ pub async fn metrics_handler() -> Response {
 fn describe() {
     describe_counter!(
         "peregrine_events_received_total",
-        "Audit events accepted by the webhook, per tenant."
+        "Audit events accepted (queued) by the webhook and the push endpoints, per tenant."
+    );
+    describe_counter!(
+        "peregrine_events_refused_total",
+        "Audit events not taken because the pipeline could not take them (429, 503), per reason; the sender resends them."
+    );
+    describe_gauge!(
+        "peregrine_connections_open",
+        "Open HTTP connections, per pool (general, reserve)."
+    );
+    describe_counter!(
+        "peregrine_connections_refused_total",
+        "Connections closed at once because server.max_connections were open."
+    );
+    describe_counter!(
+        "peregrine_connections_closed_total",
+        "Connections closed by a deadline, per reason (idle, header_timeout, write_timeout)."
     );
     describe_counter!(
         "peregrine_events_rejected_total",

@@ -52,8 +52,66 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/", get(api::ui))
         .merge(crate::ingest::push::routes())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            declared_length,
+        ))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// What a connection taken from the reserve (`server.reserved_connections`)
+/// is answered: the probes and the scrape, which must work while the server
+/// is full (that is when they matter), and 503 for everything else.
+pub fn reserve_app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(crate::prometheus::metrics_handler))
+        .fallback(at_connection_limit)
+        .with_state(state)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+async fn at_connection_limit() -> Response {
+    metrics::counter!("peregrine_requests_rejected_total", "reason" => "connection_limit")
+        .increment(1);
+    let mut r = webhook::error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server is at its connection limit (server.max_connections); retry later",
+    );
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(1),
+    );
+    r
+}
+
+/// 413 at once for a declared `Content-Length` over `server.max_body_bytes`,
+/// before any handler reads a byte of the body: otherwise the client sends,
+/// or a hostile one holds the connection for, a body that will be refused.
+/// (hyper then closes an HTTP/1.1 connection whose body was left unread.)
+async fn declared_length(
+    State(app): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = app.config.server.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => {
+            metrics::counter!("peregrine_requests_rejected_total", "reason" => "too_large")
+                .increment(1);
+            webhook::error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body of {n} bytes is over the {limit}-byte limit"),
+            )
+        }
+        _ => next.run(request).await,
+    }
 }
 
 /// Liveness and readiness in one: the answer is 200 while the process can

@@ -18,3 +18,51 @@ pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     }
     .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
 }
+
+/// A log line that an outside input can trigger at any rate (an oversize
+/// event, a failing accept): written at most once per period, with the
+/// number of the ones left out since, so a flood cannot fill the logs.
+pub(crate) struct RateLimited {
+    every: std::time::Duration,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl RateLimited {
+    pub(crate) const fn new(every: std::time::Duration) -> Self {
+        RateLimited {
+            every,
+            last: std::sync::Mutex::new(None),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(left out since the last line)` when a line may be written now.
+    pub(crate) fn check(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|l| now.duration_since(l) < self.every) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        *last = Some(now);
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimited;
+
+    #[test]
+    fn rate_limited_lines_count_what_they_leave_out() {
+        let r = RateLimited::new(std::time::Duration::from_secs(3600));
+        assert_eq!(r.check(), Some(0));
+        assert_eq!(r.check(), None);
+        assert_eq!(r.check(), None);
+        let r2 = RateLimited::new(std::time::Duration::ZERO);
+        assert_eq!(r2.check(), Some(0));
+        assert_eq!(r2.check(), Some(0));
+    }
+}

@@ -1,8 +1,8 @@
 //! TLS for the webhook, with optional client certificates (mutual TLS).
 //!
-//! Handshakes run on their own tasks, so a slow or hostile client cannot
-//! hold up the accept loop; connections that fail the handshake are logged,
-//! counted and dropped.
+//! Handshakes run on the connections' own tasks (`crate::connections`), so
+//! a slow or hostile client cannot hold up the accept loop; connections that
+//! fail the handshake are logged, counted and dropped.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 use tokio_rustls::server::TlsStream;
@@ -24,9 +24,6 @@ use tokio_rustls::server::TlsStream;
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
-
-/// How long a client may take to complete the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -88,65 +85,21 @@ impl TlsConfig {
     }
 }
 
-/// A listener that yields connections whose TLS handshake succeeded.
-pub struct TlsListener {
-    local: SocketAddr,
-    ready: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-}
-
-impl TlsListener {
-    pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(async move {
-            // Stops once the listener (the receiving end) is dropped.
-            while !tx.is_closed() {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let ready = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = ready.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics::counter!("peregrine_tls_handshake_failures_total")
-                                .increment(1);
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                        }
-                        Err(_) => {
-                            metrics::counter!("peregrine_tls_handshake_failures_total")
-                                .increment(1);
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                        }
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { local, ready })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(c) => c,
-            // The accept task only stops when this listener is dropped.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
+/// The TLS handshake of an accepted connection, within `timeout`; `None`
+/// (logged and counted) when it fails or takes too long. Run on the
+/// connection's own task, so a slow or hostile client holds up no other.
+pub(crate) async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<TlsStream<TcpStream>> {
+    let failure = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => return Some(tls),
+        Ok(Err(e)) => format!("TLS handshake failed: {e}"),
+        Err(_) => "TLS handshake timed out".to_string(),
+    };
+    metrics::counter!("peregrine_tls_handshake_failures_total").increment(1);
+    tracing::debug!(%peer, "{failure}");
+    None
 }

@@ -2,9 +2,11 @@
 //! with tenants configured the API wants a token even without an admin
 //! token, a tenant sees only its own counters, an exposed open server says
 //! so at start, and a shared token or a settings table for no module is
-//! reported at start.
+//! reported at start. Connection deadlines and limits, and hostile bodies,
+//! are in `limits/`.
 
 mod common;
+mod limits;
 
 use common::*;
 

@@ -16,9 +16,8 @@ use crate::oci::{Pollers, Sources};
 use crate::pipeline::{Pipeline, rules_dirs};
 use crate::reload::{RulesDir, RulesWatcher};
 use crate::router::AlertRouter;
-use crate::server::{AppState, app};
+use crate::server::{AppState, app, reserve_app};
 use crate::store::{AlertStore, Tee};
-use crate::tls::TlsListener;
 
 /// A running webhook server with its pipeline.
 pub struct Server {
@@ -120,7 +119,10 @@ impl Server {
         let addr = listener.local_addr()?;
         warn_if_exposed(addr, &state.tenants);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let router = app(state.clone());
+        let routers = crate::connections::Routers {
+            app: app(state.clone()),
+            reserve: reserve_app(state.clone()),
+        };
         let stopped = async {
             let _ = stopped.await;
         };
@@ -129,21 +131,17 @@ impl Server {
         } else {
             "http"
         };
-        let task = match &config.server.tls {
-            Some(tls) => {
-                let listener = TlsListener::new(listener, tls.acceptor()?)?;
-                tokio::spawn(async move {
-                    axum::serve(listener, router)
-                        .with_graceful_shutdown(stopped)
-                        .await
-                })
-            }
-            None => tokio::spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(stopped)
-                    .await
-            }),
-        };
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(|t| t.acceptor())
+            .transpose()?;
+        crate::connections::fit_file_limit(config.server.max_connections);
+        let server_config = config.server.clone();
+        let task = tokio::spawn(async move {
+            crate::connections::serve(listener, tls, routers, &server_config, stopped).await
+        });
         tracing::info!("listening on {scheme}://{addr} (POST /k8s-audit)");
         Ok(Server {
             addr,

@@ -58,6 +58,31 @@ struct List<'a> {
     items: Option<Vec<&'a RawValue>>,
 }
 
+/// Counts rejected items in `peregrine_events_rejected_total`, and logs
+/// the ones over the per-event size limit: such an event is most likely a
+/// real object too big to evaluate, which an operator should hear of, but a
+/// sender can post thousands a second, so at most one line a second is
+/// written, with the number left out since.
+pub(crate) fn count_rejected(rejected: &[Rejection], tenant: &str, input: &str) {
+    static OVERSIZE: crate::telemetry::RateLimited =
+        crate::telemetry::RateLimited::new(std::time::Duration::from_secs(1));
+    for r in rejected {
+        metrics::counter!("peregrine_events_rejected_total", "reason" => r.kind).increment(1);
+        if r.kind == "too_large"
+            && let Some(suppressed) = OVERSIZE.check()
+        {
+            tracing::warn!(
+                tenant,
+                input,
+                at = %r.at,
+                suppressed,
+                "audit event rejected: {}",
+                r.reason
+            );
+        }
+    }
+}
+
 /// Decodes a payload. `max_event_bytes` caps each event's JSON text.
 pub fn decode_payload(body: &[u8], max_event_bytes: usize) -> Result<Decoded, PayloadError> {
     let text =

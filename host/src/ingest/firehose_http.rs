@@ -21,9 +21,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::body::read_body;
 use super::envelope::Limits;
 use super::envelope::firehose::{response_body, unwrap_request};
-use super::push::{BodyError, deliver, read_body};
+use super::push::deliver;
 use super::sources::count_error;
 use crate::server::AppState;
 use crate::tenants::{AuthError, DEFAULT_TENANT};
@@ -98,15 +99,11 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             return answer(status, &request_id, Some(&message));
         }
     };
-    let bytes = match read_body(&app, &headers, body).await {
+    let bytes = match read_body(&app.config.server, &headers, body).await {
         Ok(b) => b,
         Err(e) => {
             count_error(&source, "bad_request");
-            let status = match e {
-                BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return answer(status, &request_id, Some(&e.to_string()));
+            return answer(e.status(), &request_id, Some(&e.to_string()));
         }
     };
     let job = {

@@ -1,5 +1,6 @@
 //! Getting audit events in: the webhook, and files or stdin for replay.
 
+pub(crate) mod body;
 pub mod decode;
 pub mod dedup;
 pub(crate) mod envelope;

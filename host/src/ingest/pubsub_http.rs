@@ -21,9 +21,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use super::body::read_body;
 use super::envelope::Limits;
 use super::envelope::pubsub::unwrap_push;
-use super::push::{BodyError, deliver, read_body};
+use super::push::deliver;
 use super::sources::count_error;
 use super::webhook::error_response;
 use crate::server::AppState;
@@ -89,15 +90,11 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             }
         },
     };
-    let bytes = match read_body(&app, &headers, body).await {
+    let bytes = match read_body(&app.config.server, &headers, body).await {
         Ok(b) => b,
         Err(e) => {
             count_error(&source, "bad_request");
-            let status = match e {
-                BodyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            return error_response(status, e.to_string());
+            return error_response(e.status(), e.to_string());
         }
     };
     let job = {
@@ -135,13 +132,15 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             for r in &d.rejected {
                 tracing::warn!(message_id = %message_id, at = %r.at, "Pub/Sub message rejected: {}", r.reason);
             }
+            let (rejected, rejected_count) = super::webhook::capped(d.rejected);
             (
                 StatusCode::OK,
                 axum::Json(serde_json::json!({
                     "messageId": message_id,
                     "accepted": d.accepted,
                     "duplicates": d.duplicates,
-                    "rejected": d.rejected,
+                    "rejected": rejected,
+                    "rejected_count": rejected_count,
                     "skipped": d.skipped,
                 })),
             )

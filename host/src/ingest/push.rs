@@ -11,8 +11,6 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, header};
 use axum::routing::post;
 
 use super::decode::Rejection;
@@ -48,51 +46,6 @@ pub(crate) struct Delivered {
     pub rejected: Vec<Rejection>,
     /// Well-formed records that hold no audit event (control messages).
     pub skipped: usize,
-}
-
-/// Why a body could not be read.
-pub(crate) enum BodyError {
-    TooLarge(usize),
-    Read(String),
-    Encoding(String),
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::TooLarge(limit) => write!(f, "request body is over the {limit}-byte limit"),
-            BodyError::Read(e) => write!(f, "cannot read request body: {e}"),
-            BodyError::Encoding(e) => write!(f, "request body: {e}"),
-        }
-    }
-}
-
-/// The body, within the server's limit, decompressed when it says gzip.
-pub(crate) async fn read_body(
-    app: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<Bytes, BodyError> {
-    let limit = app.config.server.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-        {
-            BodyError::TooLarge(limit)
-        } else {
-            BodyError::Read(e.to_string())
-        }
-    })?;
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("gzip"));
-    if !gzip {
-        return Ok(bytes);
-    }
-    let max = super::envelope::Limits::default().max_decoded_bytes;
-    super::envelope::gunzip(&bytes, max)
-        .map(Bytes::from)
-        .map_err(BodyError::Encoding)
 }
 
 /// Hands what a push unwrapped to the pipeline: one arrival per cluster
@@ -171,9 +124,7 @@ pub(crate) fn deliver(
             }
         }
     }
-    for r in &out.rejected {
-        metrics::counter!("peregrine_events_rejected_total", "reason" => r.kind).increment(1);
-    }
+    super::decode::count_rejected(&out.rejected, &tenant.id, source);
     count_records(source, "rejected", out.rejected.len());
     count_records(source, "accepted", out.accepted);
     count_records(source, "duplicate", out.duplicates);

@@ -105,6 +105,13 @@ impl SubmitError {
     }
 }
 
+/// Counts events not taken because the pipeline could not take them (429,
+/// 503): the sender resends them, so they are not `received` (yet).
+pub(crate) fn count_refused(reason: &'static str, events: usize) {
+    metrics::counter!("peregrine_events_refused_total", "reason" => reason)
+        .increment(events as u64);
+}
+
 /// Deduplicates, rate-limits, journals and queues one arrival. Blocking
 /// (the journal writes a file): call it off the async threads.
 pub(crate) fn submit(
@@ -141,6 +148,7 @@ pub(crate) fn submit(
     let refused = |e: SubmitError| {
         forget();
         metrics::counter!("peregrine_requests_rejected_total", "reason" => e.reason()).increment(1);
+        count_refused(e.reason(), keys.len());
         e
     };
     if let Err(retry_after) = tenant.admit(events.len()) {

@@ -27,7 +27,21 @@ use peregrine_sdk::audit::AuditEvent;
 pub struct IngestSummary {
     pub accepted: usize,
     pub duplicates: usize,
+    /// The first [`MAX_REASONS`] rejected items, with their reasons.
     pub rejected: Vec<Rejection>,
+    /// How many items were rejected in all.
+    pub rejected_count: usize,
+}
+
+/// Reasons listed in an answer: a request of thousands of bad items would
+/// otherwise get an answer larger than itself. The count says the rest.
+pub const MAX_REASONS: usize = 100;
+
+/// The answer's `rejected` and `rejected_count`.
+pub(crate) fn capped(mut rejected: Vec<Rejection>) -> (Vec<Rejection>, usize) {
+    let count = rejected.len();
+    rejected.truncate(MAX_REASONS);
+    (rejected, count)
 }
 
 pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
@@ -116,26 +130,9 @@ async fn ingest(
         );
     };
 
-    let limit = app.config.server.max_body_bytes;
-    let body: Bytes = match axum::body::to_bytes(body, limit).await {
+    let body: Bytes = match super::body::read_body(&app.config.server, &headers, body).await {
         Ok(b) => b,
-        Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            return if too_large {
-                reject_request(
-                    "too_large",
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body is over the {limit}-byte limit"),
-                )
-            } else {
-                reject_request(
-                    "read_error",
-                    StatusCode::BAD_REQUEST,
-                    format!("cannot read request body: {e}"),
-                )
-            };
-        }
+        Err(e) => return error_response(e.status(), e.to_string()),
     };
 
     // Decoding a 12 MiB body takes milliseconds, and the journal writes to
@@ -192,18 +189,23 @@ async fn ingest(
                 QueueError::Closed => "shutting_down",
             };
             metrics::counter!("peregrine_requests_rejected_total", "reason" => reason).increment(1);
+            super::submit::count_refused(reason, accepted);
             if e == QueueError::Closed {
                 return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
             }
             return too_many(1, format!("{e}; retry later"));
         }
+        metrics::counter!("peregrine_events_received_total", "tenant" => tenant.id.to_string())
+            .increment(accepted as u64);
     }
+    let (rejected, rejected_count) = capped(rejected);
     (
         StatusCode::OK,
         axum::Json(IngestSummary {
             accepted,
             duplicates,
             rejected,
+            rejected_count,
         }),
     )
         .into_response()
@@ -240,9 +242,7 @@ fn accept(
             e.to_string(),
         ))
     })?;
-    for r in &decoded.rejected {
-        metrics::counter!("peregrine_events_rejected_total", "reason" => r.kind).increment(1);
-    }
+    super::decode::count_rejected(&decoded.rejected, &tenant.id, "webhook");
 
     let mut events = Vec::with_capacity(decoded.events.len());
     let mut duplicates = 0;
@@ -253,8 +253,6 @@ fn accept(
             events.push(ev);
         }
     }
-    metrics::counter!("peregrine_events_received_total", "tenant" => tenant.id.to_string())
-        .increment(events.len() as u64);
     metrics::counter!("peregrine_events_deduplicated_total").increment(duplicates as u64);
     let keys: Vec<(String, String)> = events
         .iter()
@@ -271,6 +269,7 @@ fn accept(
         forget();
         metrics::counter!("peregrine_requests_rejected_total", "reason" => "tenant_rate")
             .increment(1);
+        super::submit::count_refused("tenant_rate", events.len());
         return Err(Box::new(too_many(
             retry_after,
             format!("tenant `{}` is over its events-per-second quota", tenant.id),
@@ -287,6 +286,7 @@ fn accept(
                 Ok(id) => Some((journal.clone(), id)),
                 Err(e) => {
                     forget();
+                    super::submit::count_refused("journal", events.len());
                     tracing::error!("cannot journal accepted events: {e}");
                     return Err(Box::new(error_response(
                         StatusCode::SERVICE_UNAVAILABLE,

@@ -1,0 +1,538 @@
+//! The HTTP(S) listener: connections taken within a limit, each under
+//! deadlines, so that idle, slow or stalled clients cannot hold the
+//! process's file descriptors, and `/healthz` with them.
+//!
+//! **The limit.** At most `server.max_connections` are open at once. The
+//! last `server.reserved_connections` of them are a reserve: a connection
+//! accepted while all the others are taken is answered for `/healthz` and
+//! `/metrics` only (503 for any other path), once, and closed. Beyond the
+//! reserve, a new connection is closed at once, before a byte is read.
+//! The newcomer is refused rather than the oldest idle connection evicted:
+//! a flood of new connections would otherwise evict the apiserver's
+//! kept-alive ones, whereas the connections already open have to keep
+//! within the deadlines below to stay, and each idle one is closed within
+//! `idle_timeout_secs` anyway.
+//!
+//! **The deadlines,** HTTP/1.1 and HTTP/2 (h2 over TLS by ALPN, h2c by
+//! prior knowledge) alike:
+//! - *headers*: hyper's own `header_read_timeout` for HTTP/1.1, which runs
+//!   whenever the connection waits for a request's head once its first
+//!   bytes came: on a new connection, and on one kept alive between
+//!   requests (so for HTTP/1.1 it is also the keep-alive timeout). The TLS
+//!   handshake gets the same deadline.
+//! - *idle*: a connection with no request in progress (one that sends
+//!   nothing at all; HTTP/2: no open stream) is shut down gracefully after
+//!   `idle_timeout_secs`, and dropped if it has not closed within
+//!   `write_timeout_secs` more. hyper has no idle timeout of its own; this
+//!   watchdog counts requests in progress from the service and the life of
+//!   their response bodies.
+//! - *body*: `server.body_read_timeout_secs` for a whole request body,
+//!   held by the ingest handlers that read one (`crate::ingest::body`).
+//! - *write*: a connection whose writes make no progress for
+//!   `write_timeout_secs` (a client that stopped reading) is dropped, by a
+//!   wrapper around the socket ([`WriteDeadline`]).
+//!
+//! What the deadlines do not bound: a client that keeps completing
+//! requests (each within its deadlines) holds its connection for as long as
+//! it likes, and one client may open many connections (no per-address
+//! limit); the connection limit is what keeps either from exhausting the
+//! process.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::config::ServerConfig;
+
+/// The two services a connection may get.
+pub struct Routers {
+    /// Every route.
+    pub app: Router,
+    /// What a connection from the reserve gets ([`crate::server::reserve_app`]).
+    pub reserve: Router,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pool {
+    General,
+    Reserve,
+}
+
+impl Pool {
+    fn label(self) -> &'static str {
+        match self {
+            Pool::General => "general",
+            Pool::Reserve => "reserve",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    header_read: Duration,
+    body_read: Duration,
+    idle: Duration,
+    write: Duration,
+}
+
+/// Accepts and serves connections until `stop` completes; then stops
+/// accepting, shuts every connection down gracefully and returns once all
+/// have closed (their deadlines bound how long that takes).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    routers: Routers,
+    config: &ServerConfig,
+    stop: impl Future<Output = ()>,
+) -> io::Result<()> {
+    static ACCEPT_ERRORS: crate::telemetry::RateLimited =
+        crate::telemetry::RateLimited::new(Duration::from_secs(1));
+    let deadlines = Deadlines {
+        header_read: config.header_read_timeout(),
+        body_read: config.body_read_timeout(),
+        idle: config.idle_timeout(),
+        write: config.write_timeout(),
+    };
+    // Validated: reserved < max <= MAX_CONNECTIONS, so both fit a u32.
+    let general_slots = config.max_connections - config.reserved_connections;
+    let general = Arc::new(Semaphore::new(general_slots));
+    let reserve = Arc::new(Semaphore::new(config.reserved_connections));
+    let tls = tls.map(Arc::new);
+    let (closing, closing_rx) = watch::channel(false);
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors (EMFILE), or a connection
+                    // reset before it was taken: wait rather than spin.
+                    if let Some(suppressed) = ACCEPT_ERRORS.check() {
+                        tracing::warn!(suppressed, "accepting a connection failed: {e}");
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            }
+        };
+        let (slot, pool) = match general.clone().try_acquire_owned() {
+            Ok(slot) => (slot, Pool::General),
+            Err(_) => match reserve.clone().try_acquire_owned() {
+                Ok(slot) => (slot, Pool::Reserve),
+                Err(_) => {
+                    metrics::counter!("peregrine_connections_refused_total").increment(1);
+                    drop(tcp);
+                    continue;
+                }
+            },
+        };
+        let router = match pool {
+            Pool::General => routers.app.clone(),
+            Pool::Reserve => routers.reserve.clone(),
+        };
+        tokio::spawn(connection(
+            Accepted {
+                tcp,
+                peer,
+                pool,
+                slot,
+            },
+            tls.clone(),
+            router,
+            deadlines,
+            closing_rx.clone(),
+        ));
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    // Each connection holds its slot until it has closed.
+    let _ = general.acquire_many(general_slots as u32).await;
+    let _ = reserve
+        .acquire_many(config.reserved_connections as u32)
+        .await;
+    Ok(())
+}
+
+struct Accepted {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    pool: Pool,
+    slot: OwnedSemaphorePermit,
+}
+
+/// `peregrine_connections_open{pool}` for as long as it lives.
+struct Open(Pool);
+
+impl Open {
+    fn new(pool: Pool) -> Self {
+        metrics::gauge!("peregrine_connections_open", "pool" => pool.label()).increment(1.0);
+        Open(pool)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::gauge!("peregrine_connections_open", "pool" => self.0.label()).decrement(1.0);
+    }
+}
+
+async fn connection(
+    accepted: Accepted,
+    tls: Option<Arc<TlsAcceptor>>,
+    router: Router,
+    deadlines: Deadlines,
+    closing: watch::Receiver<bool>,
+) {
+    let Accepted {
+        tcp,
+        peer,
+        pool,
+        slot: _slot,
+    } = accepted;
+    let _open = Open::new(pool);
+    let _ = tcp.set_nodelay(true);
+    match tls {
+        None => serve_io(tcp, router, pool, deadlines, closing).await,
+        Some(acceptor) => {
+            if let Some(tls) =
+                crate::tls::handshake(&acceptor, tcp, peer, deadlines.header_read).await
+            {
+                serve_io(tls, router, pool, deadlines, closing).await;
+            }
+        }
+    }
+}
+
+/// Requests in progress on one connection, and since when it has had none.
+struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+    changed: Notify,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Busy(self.clone())
+    }
+
+    /// When the connection is due to be closed for idleness, if it is idle.
+    fn idle_deadline(&self, d: &Deadlines) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let since = *self.idle_since.lock().unwrap_or_else(|e| e.into_inner());
+        Some(since + d.idle)
+    }
+}
+
+/// One request in progress, until its response body is done with.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        *self.0.idle_since.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request counted as in progress.
+struct Tracked {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    router: Router,
+    pool: Pool,
+    deadlines: Deadlines,
+    mut closing: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(Activity {
+        in_flight: AtomicUsize::new(0),
+        idle_since: Mutex::new(Instant::now()),
+        changed: Notify::new(),
+    });
+    let service = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let busy = activity.begin();
+            let router = router.clone();
+            async move {
+                let Ok(response) = router.oneshot(request).await;
+                Ok::<_, Infallible>(response.map(|inner| Tracked { inner, _busy: busy }))
+            }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadlines.header_read)
+        // A reserve connection is answered once.
+        .keep_alive(pool == Pool::General);
+    builder.http2().timer(TokioTimer::new());
+    let io = TokioIo::new(WriteDeadline::new(io, deadlines.write));
+    let mut conn = std::pin::pin!(builder.serve_connection(io, service));
+    // Once shut down gracefully, the connection has this long to close.
+    let mut hard_close: Option<Instant> = None;
+    let far = || Instant::now() + Duration::from_secs(86_400);
+    loop {
+        let idle_at = activity.idle_deadline(&deadlines);
+        let changed = activity.changed.notified();
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    let reason = close_reason(&*e);
+                    if let Some(reason) = reason {
+                        metrics::counter!("peregrine_connections_closed_total", "reason" => reason)
+                            .increment(1);
+                    }
+                    tracing::debug!("connection closed: {e}");
+                }
+                break;
+            }
+            () = tokio::time::sleep_until(idle_at.unwrap_or_else(far)),
+                if hard_close.is_none() && idle_at.is_some() =>
+            {
+                if activity.idle_deadline(&deadlines).is_some_and(|at| at <= Instant::now()) {
+                    metrics::counter!("peregrine_connections_closed_total", "reason" => "idle")
+                        .increment(1);
+                    conn.as_mut().graceful_shutdown();
+                    hard_close = Some(Instant::now() + deadlines.write);
+                }
+            }
+            () = changed => {
+                // A request ended: a reserve connection has had its answer.
+                if pool == Pool::Reserve && hard_close.is_none()
+                    && activity.in_flight.load(Ordering::SeqCst) == 0
+                {
+                    conn.as_mut().graceful_shutdown();
+                    hard_close = Some(Instant::now() + deadlines.write);
+                }
+            }
+            _ = closing.wait_for(|c| *c), if hard_close.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                // A request in progress may still be sending its body.
+                hard_close = Some(Instant::now() + deadlines.body_read + deadlines.write);
+            }
+            () = tokio::time::sleep_until(hard_close.unwrap_or_else(far)), if hard_close.is_some() => {
+                break;
+            }
+        }
+    }
+}
+
+/// The `reason` label of a connection that ended in an error, for the
+/// deadlines'.
+fn close_reason(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(e);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>()
+            && h.is_timeout()
+        {
+            return Some("header_timeout");
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::TimedOut
+        {
+            return Some("write_timeout");
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// A socket whose writes fail with `TimedOut` once one has made no progress
+/// for the timeout: tokio and hyper have no write deadline of their own.
+pub(crate) struct WriteDeadline<I> {
+    io: I,
+    timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> WriteDeadline<I> {
+    pub(crate) fn new(io: I, timeout: Duration) -> Self {
+        WriteDeadline {
+            io,
+            timeout,
+            stalled: None,
+        }
+    }
+
+    fn watch<T>(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let timeout = self.timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no write progress for {} s", timeout.as_secs()),
+            )));
+        }
+        Poll::Pending
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WriteDeadline<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(cx, r)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.io).poll_shutdown(cx);
+        this.watch(cx, r)
+    }
+}
+
+/// Raises the soft limit on open files towards `wanted` (as far as the hard
+/// limit allows, as Go's runtime does at start), and warns when
+/// `server.max_connections` may still not fit: accepting then fails with
+/// EMFILE instead of the limit refusing cleanly.
+pub fn fit_file_limit(max_connections: usize) {
+    // Spools, the journal, the store, module files and the runtime's own.
+    let wanted = max_connections as u64 + 512;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < wanted && lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: wanted.min(lim.rlim_max),
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    if lim.rlim_cur < wanted {
+        tracing::warn!(
+            "the open-file limit is {}, too low for server.max_connections = {max_connections} \
+             (about {wanted} wanted): raise it (ulimit -n) or lower server.max_connections",
+            lim.rlim_cur
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_write_that_makes_no_progress_times_out() {
+        // A pipe with a small buffer that nobody reads.
+        let (a, _b) = tokio::io::duplex(16);
+        let mut w = WriteDeadline::new(a, Duration::from_millis(50));
+        let e = w.write_all(&[0u8; 1024]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_write_that_progresses_does_not() {
+        let (a, mut b) = tokio::io::duplex(16);
+        let mut w = WriteDeadline::new(a, Duration::from_secs(30));
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut b, &mut out)
+                .await
+                .unwrap();
+            out.len()
+        });
+        w.write_all(&[1u8; 4096]).await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        assert_eq!(reader.await.unwrap(), 4096);
+    }
+}
