@@ -28,8 +28,9 @@ type Key = u128;
 #[derive(Default)]
 struct Remembered {
     keys: HashSet<Key>,
-    /// Oldest first. A forgotten key may linger here; evicting it later only
-    /// makes a duplicate possible, never a loss.
+    /// Oldest first. A forgotten key may linger here (at most `capacity`
+    /// of them); evicting it later only makes a duplicate possible, never a
+    /// loss.
     order: VecDeque<Key>,
 }
 
@@ -65,7 +66,10 @@ impl Dedup {
         if r.keys.contains(&key) {
             return true;
         }
-        while r.order.len() >= self.capacity
+        // Room is counted in keys, not in entries of `order`: forgotten keys
+        // that linger there must not shrink the window. `order` holds every
+        // remembered key, so this ends.
+        while (r.keys.len() >= self.capacity || r.order.len() >= 2 * self.capacity)
             && let Some(old) = r.order.pop_front()
         {
             r.keys.remove(&old);
@@ -85,6 +89,12 @@ impl Dedup {
         let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for k in keys {
             r.keys.remove(&k);
+        }
+        // The keys forgotten are those of a request just seen (its batch
+        // was refused with 429), so they are at the back of `order`: drop
+        // them there, or every refused request would leave its keys behind.
+        while r.order.back().is_some_and(|k| !r.keys.contains(k)) {
+            r.order.pop_back();
         }
         self.keys_gauge.set(r.keys.len() as f64);
     }
@@ -137,6 +147,22 @@ mod tests {
         assert!(!d.seen("t", "id-8999", "ResponseComplete"));
         assert_eq!(d.len(), 1_000, "remembering id-8999 evicted id-9000");
         assert!(!d.seen("t", "id-9000", "ResponseComplete"));
+        // Requests refused with 429 and sent again do not shrink the window:
+        // their forgotten keys do not linger in it.
+        for round in 0..50 {
+            let ids: Vec<String> = (0..100).map(|i| format!("retry-{round}-{i}")).collect();
+            for id in &ids {
+                assert!(!d.seen("t", id, "ResponseComplete"));
+            }
+            d.forget("t", ids.iter().map(|id| (id.as_str(), "ResponseComplete")));
+            for id in &ids {
+                assert!(!d.seen("t", id, "ResponseComplete"), "forgotten, so new");
+            }
+        }
+        assert_eq!(d.len(), 1_000);
+        assert!(d.seen("t", "retry-49-0", "ResponseComplete"));
+        assert!(d.seen("t", "retry-40-0", "ResponseComplete"), "the last 1,000 kept");
+        assert!(!d.seen("t", "retry-39-99", "ResponseComplete"));
         // A key's parts do not run together.
         let d = Dedup::new(10);
         assert!(!d.seen("ab", "c", "s"));
