@@ -46,11 +46,11 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 /// How often recorded histogram samples are folded into their buckets.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The recorder keeps every histogram sample (a rule call's duration, 24
-/// bytes) until upkeep folds it into the buckets. A scrape runs upkeep, but
-/// a server nobody scrapes would keep every sample of every call: about
-/// 10 MB per 100,000 events with the default modules, without end. A thread
-/// of its own, not a tokio task, so `replay` and `bench` are covered too.
+/// The recorder keeps every histogram sample (a rule call's duration and
+/// its time, 24 bytes) until upkeep folds it into the buckets. A scrape runs
+/// upkeep, but a server nobody scrapes would keep every sample of every
+/// call, without end. A thread of its own, not a tokio task, so `replay`
+/// and `bench` are covered too.
 fn spawn_upkeep(handle: PrometheusHandle) {
     let spawned = std::thread::Builder::new()
         .name("peregrine-metrics".into())
