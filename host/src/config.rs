@@ -294,7 +294,9 @@ impl PeregrineConfig {
             return Err("engine.batch_events must be positive".into());
         }
         if self.engine.state_max_keys == 0 || self.engine.state_max_members == 0 {
-            return Err("engine.state_max_keys and engine.state_max_members must be positive".into());
+            return Err(
+                "engine.state_max_keys and engine.state_max_members must be positive".into(),
+            );
         }
         if self.engine.epoch_tick_ms == 0 || self.engine.epoch_tick_ms > 1000 {
             return Err("engine.epoch_tick_ms must be between 1 and 1000".into());

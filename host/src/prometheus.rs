@@ -61,7 +61,9 @@ fn spawn_upkeep(handle: PrometheusHandle) {
             }
         });
     if let Err(e) = spawned {
-        tracing::warn!("no metrics upkeep thread ({e}): histogram samples are folded only when /metrics is scraped");
+        tracing::warn!(
+            "no metrics upkeep thread ({e}): histogram samples are folded only when /metrics is scraped"
+        );
     }
 }
 

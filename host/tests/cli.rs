@@ -893,7 +893,12 @@ fn replay_streams_a_long_input_and_prints_every_alert_in_input_order() {
     let ids: Vec<String> = stdout_alerts(&out)
         .iter()
         .filter(|a| a["rule"] == "Attach/Exec Pod")
-        .map(|a| a["output_fields"]["ka.auditid"].as_str().unwrap().to_string())
+        .map(|a| {
+            a["output_fields"]["ka.auditid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(ids.len(), 1_000, "one alert per exec, none lost");
     assert_eq!(ids, expected, "in input order");

@@ -101,7 +101,11 @@ impl Dedup {
 
     /// Keys remembered now.
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).keys.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -161,7 +165,10 @@ mod tests {
         }
         assert_eq!(d.len(), 1_000);
         assert!(d.seen("t", "retry-49-0", "ResponseComplete"));
-        assert!(d.seen("t", "retry-40-0", "ResponseComplete"), "the last 1,000 kept");
+        assert!(
+            d.seen("t", "retry-40-0", "ResponseComplete"),
+            "the last 1,000 kept"
+        );
         assert!(!d.seen("t", "retry-39-99", "ResponseComplete"));
         // A key's parts do not run together.
         let d = Dedup::new(10);

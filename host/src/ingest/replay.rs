@@ -165,11 +165,9 @@ pub(crate) fn stream_inputs(
         };
         let result = match input {
             Input::Stdin => stream_one(std::io::stdin().lock(), opts, &mut out),
-            Input::File(p) => {
-                std::fs::File::open(p).map_err(ReadError::from).and_then(|f| {
-                    stream_one(f, opts, &mut out)
-                })
-            }
+            Input::File(p) => std::fs::File::open(p)
+                .map_err(ReadError::from)
+                .and_then(|f| stream_one(f, opts, &mut out)),
         };
         out.flush();
         if let Err(e) = result {
@@ -310,7 +308,10 @@ fn stream_one(
     }
     if let Some((_, text)) = first {
         // The only line: one document, read as `unwrap_input` reads one.
-        out.take(super::envelope::unwrap_input(&text, opts.format, &limits)?.decode(opts.max_event_bytes));
+        out.take(
+            super::envelope::unwrap_input(&text, opts.format, &limits)?
+                .decode(opts.max_event_bytes),
+        );
     }
     Ok(())
 }
@@ -592,7 +593,12 @@ mod tests {
         stream_inputs(&[Input::File(path)], &opts, &tx, &decoded);
         assert_eq!(decoded.load(Ordering::Relaxed), 1_000);
         drop(tx);
-        assert_eq!(rx.iter().filter(|i| matches!(i, Item::Events { .. })).count(), 3);
+        assert_eq!(
+            rx.iter()
+                .filter(|i| matches!(i, Item::Events { .. }))
+                .count(),
+            3
+        );
     }
 
     #[test]

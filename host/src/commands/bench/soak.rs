@@ -294,8 +294,9 @@ pub(crate) fn run(env: &BenchEnv, stream: &Stream, events: usize) -> anyhow::Res
             done * BATCH,
             to * BATCH
         ));
-        throttled += post_range(server.addr, &lines, done, to)
-            .with_context(|| format!("posting to the server failed; its log:\n{}", server.logs()))?;
+        throttled += post_range(server.addr, &lines, done, to).with_context(|| {
+            format!("posting to the server failed; its log:\n{}", server.logs())
+        })?;
         drained(server.addr)?;
         done = to;
         points.push((done * BATCH, server.rss_mb()?));
