@@ -46,8 +46,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Evaluate recorded audit events (files, directories, or `-` for stdin;
     /// one JSON document, an EventList, an array, or JSON lines) and print
-    /// one alert per line on stdout and a summary on stderr. Exits 1 if some
-    /// input could not be read or held data that is not audit events.
+    /// one alert per line on stdout and a summary on stderr, alerts in input
+    /// order. JSON lines (plain or gzip) are streamed: memory stays a few
+    /// batches whatever the input's length. Exits 1 if some input could not
+    /// be read or held data that is not audit events.
     Replay(ReplayArgs),
     /// Check a configuration and the rule modules it loads, without serving:
     /// the config file parses and validates, the tenants and outputs are

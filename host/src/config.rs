@@ -137,6 +137,12 @@ pub struct EngineConfig {
     pub cache_dir: Option<PathBuf>,
     /// When a module that keeps failing is taken off for a tenant.
     pub quarantine: crate::health::QuarantineConfig,
+    /// Keys (counters, distinct sets, first-seen markers) one state table
+    /// holds, per tenant, cluster and module; the least recently touched
+    /// are evicted beyond it.
+    pub state_max_keys: usize,
+    /// Members one distinct set holds; the oldest are evicted beyond it.
+    pub state_max_members: usize,
 }
 
 impl Default for EngineConfig {
@@ -147,6 +153,8 @@ impl Default for EngineConfig {
             epoch_tick_ms: 2,
             cache_dir: None,
             quarantine: Default::default(),
+            state_max_keys: 100_000,
+            state_max_members: 10_000,
         }
     }
 }
@@ -355,6 +363,11 @@ impl PeregrineConfig {
         }
         if self.engine.batch_events == 0 {
             return Err("engine.batch_events must be positive".into());
+        }
+        if self.engine.state_max_keys == 0 || self.engine.state_max_members == 0 {
+            return Err(
+                "engine.state_max_keys and engine.state_max_members must be positive".into(),
+            );
         }
         if self.engine.epoch_tick_ms == 0 || self.engine.epoch_tick_ms > 1000 {
             return Err("engine.epoch_tick_ms must be between 1 and 1000".into());

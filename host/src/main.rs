@@ -1,5 +1,12 @@
 use clap::Parser;
 
+/// jemalloc returns freed memory to the system within seconds (its decay),
+/// where glibc's malloc, with an arena per thread, keeps the high-water mark
+/// of every burst: see docs/performance.md, "Memory under steady load".
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = peregrine::cli::Cli::parse();
     if let Err(e) = peregrine::telemetry::init(&cli.log, cli.log_format) {

@@ -119,7 +119,14 @@ impl Pipeline {
             cache_dir: config.engine.resolved_cache_dir(),
         })?;
         let tenants = Arc::new(Tenants::from_config(&config.auth, &config.tenants)?);
-        let states = Arc::new(StateStore::default());
+        let states = Arc::new(StateStore::new(peregrine_sdk::state::StateLimits {
+            max_keys: config.engine.state_max_keys,
+            max_members: config.engine.state_max_members,
+        }));
+        {
+            let states = Arc::downgrade(&states);
+            crate::prometheus::on_scrape(move || states.upgrade().map(|s| s.report()).is_some());
+        }
         let loader = ModuleLoader::new(engine.clone(), config.clone(), states.clone());
         let rules = RuleManager::new(loader, dirs, tenants.clone());
         let (live, failed) = rules.load_all();

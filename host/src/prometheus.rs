@@ -31,6 +31,7 @@ pub fn install() -> Option<&'static PrometheusHandle> {
             match metrics::set_global_recorder(recorder) {
                 Ok(()) => {
                     describe();
+                    spawn_upkeep(handle.clone());
                     Some(handle)
                 }
                 Err(e) => {
@@ -42,10 +43,55 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// How often recorded histogram samples are folded into their buckets.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The recorder keeps every histogram sample (a rule call's duration and
+/// its time, 24 bytes) until upkeep folds it into the buckets. A scrape runs
+/// upkeep, but a server nobody scrapes would keep every sample of every
+/// call, without end. A thread of its own, not a tokio task, so `replay`
+/// and `bench` are covered too.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("peregrine-metrics".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(
+            "no metrics upkeep thread ({e}): histogram samples are folded only when /metrics is scraped"
+        );
+    }
+}
+
+/// Figures computed when `/metrics` is scraped rather than on every event;
+/// each returns false once what it reads is gone.
+type Collector = Box<dyn Fn() -> bool + Send + Sync>;
+static COLLECTORS: std::sync::Mutex<Vec<Collector>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `collect` before each scrape, until it returns false.
+pub(crate) fn on_scrape(collect: impl Fn() -> bool + Send + Sync + 'static) {
+    COLLECTORS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(collect));
+}
+
+fn collect() {
+    COLLECTORS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|c| c());
+}
+
 /// The `GET /metrics` handler.
 pub async fn metrics_handler() -> Response {
     match HANDLE.get().and_then(Option::as_ref) {
         Some(h) => {
+            collect();
             h.run_upkeep();
             (
                 [(
@@ -94,6 +140,18 @@ fn describe() {
     describe_counter!(
         "peregrine_events_deduplicated_total",
         "Audit events dropped as repeats of an (auditID, stage) already seen."
+    );
+    describe_gauge!(
+        "peregrine_dedup_keys",
+        "(tenant, auditID, stage) keys the webhook remembers to drop repeats (at most server.dedup_capacity)."
+    );
+    describe_gauge!(
+        "peregrine_state_keys",
+        "Keys held in the state of stateful rules, per module (each table at most engine.state_max_keys)."
+    );
+    describe_counter!(
+        "peregrine_state_evictions_total",
+        "State keys and distinct-set members evicted to stay within the limits, per module."
     );
     describe_counter!(
         "peregrine_events_evaluated_total",

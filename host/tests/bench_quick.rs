@@ -16,6 +16,8 @@ fn bench_quick_prints_the_table_and_a_json_summary() {
     );
     let out = Command::new(env!("CARGO_BIN_EXE_peregrine"))
         .args(["--log", "warn", "bench", "--quick", "--no-progress"])
+        // Six POSTs of 400: the soak figure runs, in seconds.
+        .args(["--soak-events", "2400"])
         .output()
         .expect("run peregrine bench");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -34,6 +36,7 @@ fn bench_quick_prints_the_table_and_a_json_summary() {
         "Reload",
         "Cold start",
         "Peak RSS",
+        "Soak: serve RSS after 2,400 events",
         "regorus",
         "Cost per event, Falco pack (falco_k8s_audit)",
     ] {
@@ -65,6 +68,7 @@ fn bench_quick_prints_the_table_and_a_json_summary() {
         "reload_js_hit_ms",
         "cold_start_ms",
         "peak_rss_mb",
+        "soak_rss_mb",
         "peer_regorus_eps",
         "peer_peregrine_eps",
         "peer_ratio",
@@ -91,6 +95,20 @@ fn bench_quick_prints_the_table_and_a_json_summary() {
             "`{key}` is not a positive number: {last}"
         );
     }
+    // The soak figure read the server's RSS at each third of the events.
+    let soak = s["soak_rss_mb"].as_array().expect("soak_rss_mb is a list");
+    assert_eq!(
+        soak.iter()
+            .map(|p| p["events"].as_u64().unwrap_or(0))
+            .collect::<Vec<_>>(),
+        [800, 1600, 2400],
+        "{last}"
+    );
+    assert!(
+        soak.iter()
+            .all(|p| p["rss_mb"].as_f64().is_some_and(|mb| mb > 0.0)),
+        "{last}"
+    );
     // Each default pack that is built is measured alone, and all of them
     // together when there are several.
     let cost = &s["pack_cost"];

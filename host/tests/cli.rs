@@ -833,3 +833,73 @@ fn replay_of_cloudwatch_and_firehose_envelopes_prints_the_alerts_of_the_plain_ev
         stderr(&out)
     );
 }
+
+#[test]
+fn replay_streams_a_long_input_and_prints_every_alert_in_input_order() {
+    // 3,000 JSON lines, every third an exec into a pod (one Falco alert
+    // each), in batches of 7 over two workers: many batches in flight at
+    // once, their alerts still printed in the order of the input.
+    let attach = std::fs::read_to_string(corpus("falco/attach_pod.json")).unwrap();
+    let attach: serde_json::Value = serde_json::from_str(&attach).unwrap();
+    let get = serde_json::json!({
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "stage": "ResponseComplete",
+        "verb": "get", "requestURI": "/api/v1/namespaces/default/configmaps/x",
+        "user": {"username": "system:kube-controller-manager"},
+        "objectRef": {"resource": "configmaps", "namespace": "default", "name": "x"},
+        "responseStatus": {"code": 200},
+        "stageTimestamp": "2018-10-26T13:42:46.808261Z",
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let mut expected = Vec::new();
+    for i in 0..3_000 {
+        let mut ev = if i % 3 == 0 {
+            expected.push(format!("order-{i:05}"));
+            attach.clone()
+        } else {
+            get.clone()
+        };
+        ev["auditID"] = format!("order-{i:05}").into();
+        text.push_str(&ev.to_string());
+        text.push('\n');
+    }
+    let file = dir.path().join("audit.log");
+    std::fs::write(&file, text).unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::copy(
+        root().join("example-rules/build/falco_k8s_audit.wasm"),
+        rules.join("falco_k8s_audit.wasm"),
+    )
+    .unwrap();
+    let config = dir.path().join("peregrine.toml");
+    std::fs::write(&config, "[engine]\nworkers = 2\nbatch_events = 7\n").unwrap();
+    let out = run(&[
+        "replay",
+        "-c",
+        config.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        "--rule-matching",
+        "first",
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("replayed 3000 events from 1 input(s)"),
+        "{}",
+        stderr(&out)
+    );
+    let ids: Vec<String> = stdout_alerts(&out)
+        .iter()
+        .filter(|a| a["rule"] == "Attach/Exec Pod")
+        .map(|a| {
+            a["output_fields"]["ka.auditid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1_000, "one alert per exec, none lost");
+    assert_eq!(ids, expected, "in input order");
+}

@@ -3,13 +3,14 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io::IsTerminal;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use crate::alert::Alert;
 use crate::cli::ReplayArgs;
 use crate::evaluate::{AlertSink, Batch};
 use crate::ingest::envelope::InputFormat;
-use crate::ingest::replay::{ReadError, expand_inputs, read_envelopes};
+use crate::ingest::replay::{Item, ReadError, StreamOptions, expand_inputs, stream_inputs};
 use crate::outputs::stdout::StdoutOutput;
 use crate::pipeline::{Pipeline, rules_dirs};
 
@@ -41,13 +42,21 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         .parse()
         .map_err(|e: String| anyhow::anyhow!(e))?;
 
+    // Events read so far, the progress bar's length.
+    let decoded = Arc::new(AtomicUsize::new(0));
     let progress = if !args.no_progress && std::io::stderr().is_terminal() {
         let bar = indicatif::ProgressBar::new(0);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} {wide_bar} {pos}/{len} events {per_sec} {msg}",
+                "{spinner} {wide_bar} {human_pos}/{human_len} events {rate} {msg}",
             )
-            .expect("valid progress template"),
+            .expect("valid progress template")
+            .with_key(
+                "rate",
+                |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}", per_second(s.per_sec()));
+                },
+            ),
         );
         Some(bar)
     } else {
@@ -62,7 +71,8 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let mut by_rule: BTreeMap<String, usize> = BTreeMap::new();
     let mut alerts_total = 0usize;
     // Batches in flight, oldest first: alerts are printed in input order
-    // while the workers evaluate in parallel.
+    // while the workers evaluate in parallel. The window bounds what is
+    // queued; the reader's channel bounds what is read ahead of it.
     let mut pending: VecDeque<(crossbeam_channel::Receiver<Vec<Alert>>, usize)> = VecDeque::new();
     let window = config.engine.worker_count() * 2;
 
@@ -93,83 +103,93 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
         Ok(())
     };
 
-    for input in &inputs {
-        if let Some(bar) = &progress {
-            bar.set_message(input.to_string());
-        }
-        let decoded = match read_envelopes(input, config.server.max_event_bytes, format) {
-            Ok(d) => d,
-            Err(e @ ReadError::Io(_)) => {
-                unreadable += 1;
-                eprintln!("{input}: {e}");
-                continue;
+    // A reader thread decodes the inputs into chunks of one cluster each, in
+    // input order, through a bounded channel: memory holds a few batches,
+    // however long the input.
+    let opts = StreamOptions {
+        chunk_events: config.engine.batch_events.max(1),
+        ..StreamOptions::new(config.server.max_event_bytes, format)
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<Item>(window);
+    let reader = {
+        let (inputs, decoded) = (inputs.clone(), decoded.clone());
+        std::thread::Builder::new()
+            .name("peregrine-replay-reader".into())
+            .spawn(move || stream_inputs(&inputs, &opts, &tx, &decoded))?
+    };
+    let mut current = String::new();
+    for item in rx {
+        match item {
+            Item::Input(input) => {
+                current = input.to_string();
+                if let Some(bar) = &progress {
+                    bar.set_message(current.clone());
+                }
             }
-            Err(ReadError::Input(e)) => {
+            Item::Failed(e) => {
+                match e {
+                    ReadError::Io(_) => unreadable += 1,
+                    ReadError::Input(_) => problems_total += 1,
+                }
+                let line = format!("{current}: {e}");
+                match &progress {
+                    Some(bar) => bar.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+            // Records that hold no audit event (a CloudWatch control message,
+            // another Google service's audit entry) are counted, not errors.
+            Item::Skipped(n) => skipped_total += n,
+            Item::Rejected(p) => {
                 problems_total += 1;
-                eprintln!("{input}: {e}");
-                continue;
+                let place = if p.at.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", p.at)
+                };
+                let line = format!("{current}: {place}{}", p.reason);
+                match &progress {
+                    Some(bar) => bar.println(line),
+                    None => eprintln!("{line}"),
+                }
             }
-        };
-        // Records that hold no audit event (a CloudWatch control message,
-        // another Google service's audit entry) are counted, not errors.
-        skipped_total += decoded.skipped.len();
-        for p in &decoded.rejected {
-            problems_total += 1;
-            let place = if p.at.is_empty() {
-                String::new()
-            } else {
-                format!("{}: ", p.at)
-            };
-            let line = format!("{input}: {place}{}", p.reason);
-            match &progress {
-                Some(bar) => bar.println(line),
-                None => eprintln!("{line}"),
-            }
-        }
-        events_total += decoded.events.len();
-        if let Some(bar) = &progress {
-            bar.inc_length(decoded.events.len() as u64);
-        }
-        // Batches of one cluster each, in input order: the envelope's
-        // cluster where it names one.
-        let mut events = decoded
-            .events
-            .into_iter()
-            .zip(decoded.clusters)
-            .map(|(e, c)| (e, c.unwrap_or_else(|| cluster.clone())))
-            .peekable();
-        while let Some((_, batch_cluster)) = events.peek() {
-            let batch_cluster = batch_cluster.clone();
-            let mut chunk = Vec::new();
-            while chunk.len() < config.engine.batch_events
-                && let Some((e, _)) = events.next_if(|(_, c)| *c == batch_cluster)
-            {
-                chunk.push(e);
-            }
-            let n = chunk.len();
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            pipeline
-                .queue
-                .push(
-                    Batch {
-                        tenant: tenant.clone(),
-                        cluster: batch_cluster,
-                        events: chunk,
-                        reply: Some(tx),
-                        journal: None,
-                    },
-                    None,
-                )
-                .map_err(|e| anyhow::anyhow!("cannot queue events: {e}"))?;
-            pending.push_back((rx, n));
-            while pending.len() >= window {
-                finish_one(&mut pending)?;
+            Item::Events {
+                cluster: batch_cluster,
+                events,
+            } => {
+                let n = events.len();
+                events_total += n;
+                if let Some(bar) = &progress {
+                    bar.set_length(decoded.load(Ordering::Relaxed) as u64);
+                }
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                pipeline
+                    .queue
+                    .push(
+                        Batch {
+                            tenant: tenant.clone(),
+                            // The envelope's cluster where it names one.
+                            cluster: batch_cluster.unwrap_or_else(|| cluster.clone()),
+                            events,
+                            reply: Some(tx),
+                            journal: None,
+                        },
+                        None,
+                    )
+                    .map_err(|e| anyhow::anyhow!("cannot queue events: {e}"))?;
+                pending.push_back((rx, n));
+                while pending.len() >= window {
+                    finish_one(&mut pending)?;
+                }
             }
         }
     }
     while !pending.is_empty() {
         finish_one(&mut pending)?;
     }
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the input reader panicked"))?;
     if let Some(bar) = &progress {
         bar.finish_and_clear();
     }
@@ -194,4 +214,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     } else {
         0
     })
+}
+
+/// An events-per-second rate as the progress bar shows it: whole events,
+/// with thousands separators (`4,879/s`).
+fn per_second(rate: f64) -> String {
+    if !rate.is_finite() || rate < 0.0 {
+        return "-/s".to_string();
+    }
+    format!("{}/s", indicatif::HumanCount(rate.round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_are_rounded_to_whole_events() {
+        assert_eq!(super::per_second(4_878.7593), "4,879/s");
+        assert_eq!(super::per_second(0.4), "0/s");
+        assert_eq!(super::per_second(f64::NAN), "-/s");
+    }
 }

@@ -14,6 +14,7 @@ mod packs;
 mod peer;
 mod reload;
 pub mod rss;
+mod soak;
 mod stream;
 mod table;
 
@@ -49,6 +50,8 @@ pub enum Figure {
     ColdStart,
     /// Peak memory with the Falco pack plus the Python and JS modules.
     Rss,
+    /// `serve`'s memory under steady load (`--soak-events`).
+    Soak,
     /// regorus (Rego) on translations of Falco rules, against Peregrine.
     Peer,
 }
@@ -85,6 +88,11 @@ pub struct BenchArgs {
     /// Length of the steady 4,000 events/s acknowledgement-latency run.
     #[arg(long, value_name = "SECONDS", default_value_t = 20)]
     pub latency_seconds: u64,
+
+    /// Events posted to `serve` for the soak figure; its RSS is read after
+    /// a third, two thirds and all of them (quick mode: at most 4,000).
+    #[arg(long, value_name = "N", default_value_t = 3_000_000)]
+    pub soak_events: usize,
 
     /// Modules in the compile cache for the cold-start figure.
     #[arg(long, value_name = "N", default_value_t = 50)]
@@ -458,6 +466,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<i32> {
         match rss::run(&env, &stream) {
             Ok(f) => report.rss(f),
             Err(e) => report.skipped("rss", e),
+        }
+    }
+    if args.wants(Figure::Soak) {
+        let events = if args.quick {
+            args.soak_events.min(4_000)
+        } else {
+            args.soak_events
+        };
+        match soak::run(&env, &stream, events) {
+            Ok(f) => report.soak(f),
+            Err(e) => report.skipped("soak", e),
         }
     }
     if args.wants(Figure::Peer) {

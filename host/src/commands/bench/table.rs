@@ -13,10 +13,11 @@ use super::packs::PacksFigures;
 use super::peer::PeerFigures;
 use super::reload::ReloadFigures;
 use super::rss::RssFigures;
+use super::soak::SoakFigures;
 use super::stream::Stream;
 
 /// Every key of the JSON summary; figures not run are `null`.
-pub const SUMMARY_KEYS: [&str; 23] = [
+pub const SUMMARY_KEYS: [&str; 24] = [
     "engine_wasm_eps",
     "engine_native_eps",
     "engine_wasm_native_ratio",
@@ -35,6 +36,7 @@ pub const SUMMARY_KEYS: [&str; 23] = [
     "cold_start_ms",
     "cold_start_modules",
     "peak_rss_mb",
+    "soak_rss_mb",
     "peer_regorus_eps",
     "peer_peregrine_eps",
     "peer_ratio",
@@ -71,6 +73,11 @@ fn eps(v: f64) -> String {
         out.push(c);
     }
     format!("{out} events/s")
+}
+
+/// A count with thousands separators.
+fn count(n: usize) -> String {
+    indicatif::HumanCount(n as u64).to_string()
 }
 
 fn ms(v: f64) -> String {
@@ -441,6 +448,48 @@ impl Report {
         }
         self.set("peak_rss_mb", num(f.peak_mb));
         self.set("peak_rss_compiling_mb", num(f.peak_compiling_mb));
+    }
+
+    pub fn soak(&mut self, f: SoakFigures) {
+        for (events, mb) in &f.points {
+            self.row(
+                format!(
+                    "Soak: serve RSS after {} events ({} modules)",
+                    count(*events),
+                    f.modules
+                ),
+                format!("{mb:.0} MB"),
+                "",
+                String::new(),
+            );
+        }
+        let grew = match (f.points.first(), f.points.last()) {
+            (Some((e0, m0)), Some((e1, m1))) if e1 > e0 => {
+                format!(
+                    ", {:+.1} MB per 100,000 events from the first checkpoint to the last",
+                    (m1 - m0) / ((e1 - e0) as f64 / 100_000.0)
+                )
+            }
+            _ => String::new(),
+        };
+        self.notes.push(format!(
+            "soak: peregrine serve in a child process with the default rules directory, its journal and alert store; \
+             EventLists of 400 posted over 4 connections at {}, {} answered 429 and resent; RSS {:.0} MB before the first event{grew}.",
+            eps(f.eps),
+            f.throttled,
+            f.start_mb
+        ));
+        self.set(
+            "soak_rss_mb",
+            Value::Array(
+                f.points
+                    .iter()
+                    .map(|(e, mb)| json!({ "events": e, "rss_mb": num(*mb) }))
+                    .collect(),
+            ),
+        );
+        self.set("soak_start_rss_mb", num(f.start_mb));
+        self.set("soak_eps", num(f.eps));
     }
 
     pub fn peer(&mut self, f: PeerFigures) {

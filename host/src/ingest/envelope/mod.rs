@@ -327,29 +327,58 @@ pub(crate) fn unwrap_input(
         return Ok(out);
     }
     // Not one document: lines.
-    let mut first: Option<(usize, Shape)> = match format {
-        InputFormat::Forced(s) => Some((0, s)),
-        InputFormat::Auto => None,
-    };
+    let mut lines = Lines::new(format, *limits);
     for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        let n = i + 1;
+        lines.line(i + 1, line, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// The JSON-lines half of [`unwrap_input`], one line at a time, so that
+/// `peregrine replay` can stream an input of any length: with
+/// [`InputFormat::Auto`] the first recognised line's shape binds the others.
+pub(crate) struct Lines {
+    format: InputFormat,
+    limits: Limits,
+    first: Option<(usize, Shape)>,
+}
+
+impl Lines {
+    pub(crate) fn new(format: InputFormat, limits: Limits) -> Self {
+        Lines {
+            format,
+            limits,
+            first: match format {
+                InputFormat::Forced(s) => Some((0, s)),
+                InputFormat::Auto => None,
+            },
+        }
+    }
+
+    /// Unwraps line `n` (counted from 1) into `out`; blank lines give nothing.
+    pub(crate) fn line(
+        &mut self,
+        n: usize,
+        line: &[u8],
+        out: &mut Unwrapping,
+    ) -> Result<(), InputError> {
         if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
+            return Ok(());
         }
         let at = format!("line {n}");
         let Ok(text) = std::str::from_utf8(line) else {
             out.reject(&at, "not_json", "line is not UTF-8");
-            continue;
+            return Ok(());
         };
-        let text = text.trim_end_matches('\r');
+        let text = text.trim_end_matches(['\n', '\r']);
         let v = match serde_json::from_str::<Value>(text) {
             Ok(v) => v,
             Err(e) => {
                 if let Some(message) = cloudwatch::export_line(text)
-                    && matches!(first, None | Some((_, Shape::CloudWatch)))
+                    && matches!(self.first, None | Some((_, Shape::CloudWatch)))
                 {
-                    first.get_or_insert((n, Shape::CloudWatch));
-                    cloudwatch::unwrap_message(message, None, None, &at, &mut out);
+                    self.first.get_or_insert((n, Shape::CloudWatch));
+                    cloudwatch::unwrap_message(message, None, None, &at, out);
                 } else {
                     out.reject(
                         &at,
@@ -357,10 +386,10 @@ pub(crate) fn unwrap_input(
                         format!("line is not JSON: {}", json_error(&e)),
                     );
                 }
-                continue;
+                return Ok(());
             }
         };
-        let shape = match (format, detect(&v), first) {
+        let shape = match (self.format, detect(&v), self.first) {
             (InputFormat::Forced(s), _, _) => s,
             (InputFormat::Auto, Some(found), Some((first_line, first)))
                 if found != first
@@ -377,14 +406,14 @@ pub(crate) fn unwrap_input(
             }
             (InputFormat::Auto, _, Some((_, first))) => first,
             (InputFormat::Auto, Some(found), None) => {
-                first = Some((n, found));
+                self.first = Some((n, found));
                 found
             }
             (InputFormat::Auto, None, None) => Shape::Audit,
         };
-        unwrap_value(&v, text, shape, &at, limits, true, &mut out);
+        unwrap_value(&v, text, shape, &at, &self.limits, true, out);
+        Ok(())
     }
-    Ok(out)
 }
 
 /// Unwraps one parsed document of a known shape. `text` is its JSON text,
@@ -477,7 +506,7 @@ pub(crate) fn join(a: &str, b: &str) -> String {
     }
 }
 
-fn is_gzip(b: &[u8]) -> bool {
+pub(crate) fn is_gzip(b: &[u8]) -> bool {
     b.starts_with(&[0x1f, 0x8b])
 }
 
