@@ -229,7 +229,7 @@ fn per_second(rate: f64) -> String {
 mod tests {
     #[test]
     fn rates_are_rounded_to_whole_events() {
-        assert_eq!(super::per_second(4_878.7593), "4,879/s");
+        assert_eq!(super::per_second(4_878.759_3), "4,879/s");
         assert_eq!(super::per_second(0.4), "0/s");
         assert_eq!(super::per_second(f64::NAN), "-/s");
     }

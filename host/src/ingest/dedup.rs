@@ -2,7 +2,7 @@
 //! resends the whole batch, and each event must be evaluated once.
 
 use std::collections::{HashSet, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 
 /// A bounded memory of (tenant, auditID, stage): the oldest keys are
@@ -45,13 +45,9 @@ impl Dedup {
     }
 
     fn key(&self, tenant: &str, audit_id: &str, stage: &str) -> Key {
-        let half = |s: &RandomState| {
-            let mut h = s.build_hasher();
-            // `str`'s Hash ends each string with a marker, so ("ab", "c")
-            // and ("a", "bc") differ.
-            (tenant, audit_id, stage).hash(&mut h);
-            h.finish()
-        };
+        // `str`'s Hash ends each string with a marker, so ("ab", "c") and
+        // ("a", "bc") differ.
+        let half = |s: &RandomState| s.hash_one((tenant, audit_id, stage));
         (u128::from(half(&self.hashers[0])) << 64) | u128::from(half(&self.hashers[1]))
     }
 

@@ -306,7 +306,12 @@ fn stream_one(
             return Ok(());
         }
     }
-    if let Some((_, text)) = first {
+    if let Some((at, text)) = first {
+        if content_lines > 1 {
+            // Only over-long lines followed it: still a line of many.
+            out.take(one_line(&mut lines, at, &text, opts)?);
+            return Ok(());
+        }
         // The only line: one document, read as `unwrap_input` reads one.
         out.take(
             super::envelope::unwrap_input(&text, opts.format, &limits)?
