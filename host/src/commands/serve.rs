@@ -277,6 +277,9 @@ pub async fn run(config: Arc<PeregrineConfig>, args: ServeArgs) -> anyhow::Resul
     for d in &dirs {
         tracing::info!(scope = %d.scope, "rules directory {}", d.path.display());
     }
+    // Before the outputs start, so the gauges they set at start (what each
+    // spool holds) are recorded.
+    crate::prometheus::install();
     // Opening the outputs' spools is file I/O: off the async threads.
     let cfg = config.clone();
     let router = Arc::new(

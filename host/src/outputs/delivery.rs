@@ -399,7 +399,23 @@ async fn run_intake(shared: &Shared) {
         metrics::gauge!("peregrine_output_queued_alerts", "output" => name.clone()).set(0.0);
         let n = batch.len();
         let durable = shared.durable;
-        let result = shared.with_store(move |s| s.append(batch)).await;
+        // The shares are released (and the journal files of batches now
+        // complete removed) on the store's blocking thread, off the async
+        // threads. On an error the batches stay in the ingest journal and
+        // are evaluated again after the next start; a store task that
+        // panics drops its shares unreleased, which keeps them too.
+        let result = shared
+            .with_store(move |s| {
+                let r = s.append(batch);
+                match &r {
+                    // Stored, or dropped for a reason counted below that a
+                    // second evaluation would not mend.
+                    Ok(_) => shares.into_iter().for_each(Durable::release),
+                    Err(_) => shares.into_iter().for_each(Durable::keep),
+                }
+                r
+            })
+            .await;
         match result {
             Some(Ok(a)) => {
                 if durable {
@@ -424,26 +440,18 @@ async fn run_intake(shared: &Shared) {
                         "the alert could not be serialised",
                     );
                 }
-                // Stored, or dropped for a reason counted above that a
-                // second evaluation would not mend.
-                shares.into_iter().for_each(Durable::release);
             }
             Some(Err(e)) => {
                 // A spool that cannot be written (disk full, I/O error)
                 // loses these alerts for now: count them, say why, and keep
                 // going, since the next write may work again. Their batches
-                // stay in the ingest journal and are evaluated again after
-                // the next start.
-                shares.into_iter().for_each(Durable::keep);
+                // stay in the ingest journal.
                 shared.drops.dropped("spool_error", n, &e);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            None => {
-                shares.into_iter().for_each(Durable::keep);
-                shared
-                    .drops
-                    .dropped("spool_error", n, "the store task failed")
-            }
+            None => shared
+                .drops
+                .dropped("spool_error", n, "the store task failed"),
         }
         shared.store_ready.notify_one();
     }
