@@ -6,9 +6,24 @@ use crate::Ctx;
 use crate::command::{self, credential_indicator, exec_command, redact, tar_to_stdout};
 
 /// The exec's command, if it has one. `kubectl exec` over SPDY arrives as
-/// verb `create`, over WebSocket (kubectl 1.30 and later) as `get`.
+/// verb `create`, over WebSocket (kubectl 1.30 and later) as `get`. The
+/// command is in the URI's `command` parameters; at audit level Request the
+/// apiserver also records the parsed `PodExecOptions` as the request object,
+/// which is read when the URI has none (a log pipeline may drop the query).
 fn command(x: &Ctx) -> Option<Vec<String>> {
-    let command = exec_command(x.event.uri());
+    let mut command = exec_command(x.event.uri());
+    if command.is_empty() {
+        command = x
+            .event
+            .request_pointer("/command")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|w| w.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
     (!command.is_empty()).then_some(command)
 }
 
