@@ -16,7 +16,7 @@
 //! `ResponseComplete` (a finished request), `verb` `get` (only events
 //! without an object to act on lack one).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use peregrine_tests::*;
@@ -477,6 +477,35 @@ fn panthers_kubernetes_cases_agree_with_peregrines_rules() {
     }
 
     assert_eq!(sc_n, 215, "self-contained plain cases");
+    let docs = std::fs::read_to_string(root().join("docs/detections.md")).unwrap();
+    let section = docs
+        .split("\n## Peer suite\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("docs/detections.md has a Peer suite section");
+    let documented: BTreeSet<&str> = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("- `")?.split('`').next())
+        .collect();
+    let found: BTreeSet<&str> = outcomes
+        .iter()
+        .filter(|o| !(o.mapped && o.got == o.expected))
+        .map(|o| o.id.as_str())
+        .collect();
+    let undocumented: Vec<&&str> = found.difference(&documented).collect();
+    let stale: Vec<&&str> = documented.difference(&found).collect();
+    assert!(
+        undocumented.is_empty() && stale.is_empty(),
+        "docs/detections.md (Peer suite) must list exactly the disagreements: \
+         missing {undocumented:?}, no longer disagreeing {stale:?}"
+    );
+    // A mapping to a rule id no pack has would silently score "no alert".
+    for id in MAPPING.iter().flat_map(|m| m.peregrine.iter()) {
+        assert!(
+            docs.contains(&format!("| `{id}` |")),
+            "MAPPING names `{id}`, which is not a detection in docs/detections.md"
+        );
+    }
     assert!(
         sc_agree >= FLOOR_SELF_CONTAINED,
         "agreement on the self-contained cases fell to {sc_agree}/{sc_n}, below the floor of {FLOOR_SELF_CONTAINED}"
