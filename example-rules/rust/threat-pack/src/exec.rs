@@ -6,10 +6,11 @@ use crate::Ctx;
 use crate::command::{self, credential_indicator, exec_command, redact, tar_to_stdout};
 
 /// The exec's command, if it has one. `kubectl exec` over SPDY arrives as
-/// verb `create`, over WebSocket (kubectl 1.30 and later) as `get`. The
-/// command is in the URI's `command` parameters; at audit level Request the
-/// apiserver also records the parsed `PodExecOptions` as the request object,
-/// which is read when the URI has none (a log pipeline may drop the query).
+/// verb `create`, over WebSocket (kubectl 1.30 and later) as `get`.
+/// kube-apiserver puts the command only in the URI's `command` parameters;
+/// some sources record it as a parsed `PodExecOptions` request instead (GKE's
+/// Cloud Audit Logs do), which reaches the rule as the request object. That
+/// is read when the URI has no command.
 fn command(x: &Ctx) -> Option<Vec<String>> {
     let mut command = exec_command(x.event.uri());
     if command.is_empty() {
