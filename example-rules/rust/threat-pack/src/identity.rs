@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use peregrine_sdk::state::first_seen;
 use peregrine_sdk::{Alert, format_list};
 
 use crate::Ctx;
@@ -68,12 +69,27 @@ pub fn system_principal_public_ip(x: &Ctx) -> Option<Alert> {
     if classified.is_empty() || classified.contains(&false) {
         return None;
     }
+    // Once while the identity keeps using these addresses (the marker is
+    // refreshed by every use): where nodes reach a public endpoint through
+    // NAT, every request of theirs would match.
+    let addresses = e.source_ips().join(",");
+    if !first_seen(
+        &x.key(&["seen", user, &addresses]),
+        x.settings.window_seconds,
+        e.time_unix_nanos(),
+    ) {
+        return None;
+    }
     Some(
         x.alert(&format!(
             "System identity {user} used from public address {}",
             format_list(e.source_ips())
         ))
-        .field("threat.reason", "every source IP is public"),
+        .field("threat.reason", "every source IP is public")
+        .field(
+            "threat.window_seconds",
+            u64::from(x.settings.window_seconds),
+        ),
     )
 }
 

@@ -1433,6 +1433,22 @@ fn persistence_and_exposure_cases() -> Vec<Case> {
             &["system-principal-from-public-ip"],
         ),
         case(
+            "identity and address alert once while in use: repeats are quiet, a new address and a return after a quiet day alert",
+            vec![
+                endpointslices("5.5.5.5").at(0),
+                endpointslices("5.5.5.5").at(60),
+                endpointslices("5.5.5.5").at(86_399),
+                endpointslices("8.8.4.4").at(100),
+                // A day after its last use (86_399), not its first.
+                endpointslices("5.5.5.5").at(86_399 + 86_400),
+            ],
+            &[
+                "system-principal-from-public-ip",
+                "system-principal-from-public-ip",
+                "system-principal-from-public-ip",
+            ],
+        ),
+        case(
             "a node's credential used from the internet",
             vec![
                 simple("get", "secrets", Some("kube-system"), Some("bootstrap-token-abc"))
