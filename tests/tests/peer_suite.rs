@@ -17,6 +17,7 @@
 //! without an object to act on lack one).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use peregrine_tests::*;
@@ -462,21 +463,19 @@ fn panthers_kubernetes_cases_agree_with_peregrines_rules() {
     let (bf_agree, bf_n) = tally(&|o| o.self_contained && o.beyond_falco);
     let (fe_agree, fe_n) = tally(&|o| o.self_contained && !o.beyond_falco);
     let (en_agree, en_n) = tally(&|o| !o.self_contained);
-    println!(
-        "\nSelf-contained plain cases: {sc_agree}/{sc_n} agree ({:.1}%)",
-        100.0 * sc_agree as f64 / sc_n as f64
-    );
-    println!("  positives {pos_agree}/{pos_n}, negatives {neg_agree}/{neg_n}");
-    println!(
-        "  rules beyond Falco {bf_agree}/{bf_n}, rules with a Falco equivalent {fe_agree}/{fe_n}"
-    );
-    println!(
-        "Enrichment-dependent cases (Panther's p_enrichment; scored apart, not in the total): {en_agree}/{en_n}"
-    );
-    println!(
-        "Not run: {} envelope-only cases {envelope_only:?}, which need the managed-cluster (GKE, AKS) inputs",
+    let summary = format!(
+        "peer suite (panther-k8s): {sc_agree}/{sc_n} self-contained plain cases agree ({:.1}%)\n  \
+         positives {pos_agree}/{pos_n}, negatives {neg_agree}/{neg_n}; \
+         rules beyond Falco {bf_agree}/{bf_n}, rules with a Falco equivalent {fe_agree}/{fe_n}\n  \
+         enrichment-dependent cases (Panther's p_enrichment; scored apart, not in the total): {en_agree}/{en_n}\n  \
+         not run: {} envelope-only cases {envelope_only:?}, which need the managed-cluster (GKE, AKS) inputs\n",
+        100.0 * sc_agree as f64 / sc_n as f64,
         envelope_only.values().sum::<usize>()
     );
+    // Straight to the process's stderr, which the test harness does not
+    // capture: `make test` shows the agreement even when the test passes.
+    // The table and the disagreements above and below show with --nocapture.
+    let _ = std::io::stderr().write_all(summary.as_bytes());
     println!("\nDisagreements:");
     for o in outcomes
         .iter()
