@@ -7,6 +7,7 @@ mod falco_parity;
 mod outputs;
 mod outputs_docs;
 mod outputs_services;
+mod peer_suite;
 mod reload;
 mod sandbox;
 mod tenants;

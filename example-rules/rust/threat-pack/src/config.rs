@@ -47,6 +47,25 @@ const CONTROL_PLANE_GROUPS: &[&str] = &["system:nodes"];
 /// Users that are never a person: the new-user-agent rule learns only humans.
 const NON_HUMAN_USERS: &[&str] = &["system:*", "eks:*", "aksService"];
 
+/// The cluster's own identities, which run inside the cluster or its
+/// managed control plane: a request by one of them from only public
+/// addresses suggests its credential is used from outside.
+const SYSTEM_PRINCIPALS: &[&str] = &[
+    "system:serviceaccount:*",
+    "system:node:*",
+    "system:kube-controller-manager",
+    "system:kube-scheduler",
+    "system:kube-proxy",
+    "system:apiserver",
+    "eks:*",
+    "aks:*",
+    "aksService",
+];
+
+/// Managed control-plane identities that do call from public addresses
+/// (EKS runs these from AWS Lambda).
+const PUBLIC_IP_MANAGED_PRINCIPALS: &[&str] = &["eks:addon-manager", "eks:node-manager"];
+
 const SECURITY_AGENTS: &[&str] = &[
     "falco",
     "falco-*",
@@ -151,7 +170,25 @@ const PRIVILEGED_IDENTITIES: &[&str] = &[
 
 const PRIVILEGED_GROUPS: &[&str] = &["system:masters", "system:nodes", "kubeadm:cluster-admins"];
 
-const ADMIN_ROLES: &[&str] = &["cluster-admin"];
+/// Roles a binding to which hands over the cluster: cluster-admin, and the
+/// roles of the controller manager and the scheduler (every secret, token
+/// minting, every pod), which only their own bootstrap bindings name.
+const ADMIN_ROLES: &[&str] = &[
+    "cluster-admin",
+    "system:kube-controller-manager",
+    "system:kube-scheduler",
+];
+
+/// Service accounts that list and watch secrets in every namespace by
+/// design: kube-state-metrics (its default `secrets` collector), cert-manager
+/// (the secrets of its certificates), istiod (gateway credentials) and the
+/// External Secrets operator.
+const CLUSTER_SECRET_READERS: &[&str] = &[
+    "system:serviceaccount:*:kube-state-metrics",
+    "system:serviceaccount:cert-manager:cert-manager",
+    "system:serviceaccount:istio-system:istiod*",
+    "system:serviceaccount:external-secrets:external-secrets*",
+];
 
 fn owned(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -192,6 +229,8 @@ pub struct Config {
     /// listed without repeating the defaults.
     pub extra_control_plane_users: Vec<String>,
     pub non_human_users: Vec<String>,
+    pub system_principals: Vec<String>,
+    pub public_ip_managed_principals: Vec<String>,
     /// Audit annotation naming the cluster; state is kept per value.
     pub cluster_annotation: Option<String>,
     pub security_agents: Vec<String>,
@@ -204,6 +243,7 @@ pub struct Config {
     pub privileged_identities: Vec<String>,
     pub privileged_groups: Vec<String>,
     pub admin_roles: Vec<String>,
+    pub cluster_secret_readers: Vec<String>,
     pub allowed_registries: Vec<String>,
     pub rules: BTreeMap<String, RuleSettings>,
     pub exceptions: Vec<Exception>,
@@ -216,6 +256,8 @@ impl Default for Config {
             control_plane_groups: owned(CONTROL_PLANE_GROUPS),
             extra_control_plane_users: Vec::new(),
             non_human_users: owned(NON_HUMAN_USERS),
+            system_principals: owned(SYSTEM_PRINCIPALS),
+            public_ip_managed_principals: owned(PUBLIC_IP_MANAGED_PRINCIPALS),
             cluster_annotation: Some("peregrine.dev/cluster".to_string()),
             security_agents: owned(SECURITY_AGENTS),
             webhook_managers: owned(WEBHOOK_MANAGERS),
@@ -227,6 +269,7 @@ impl Default for Config {
             privileged_identities: owned(PRIVILEGED_IDENTITIES),
             privileged_groups: owned(PRIVILEGED_GROUPS),
             admin_roles: owned(ADMIN_ROLES),
+            cluster_secret_readers: owned(CLUSTER_SECRET_READERS),
             allowed_registries: Vec::new(),
             rules: BTreeMap::new(),
             exceptions: Vec::new(),

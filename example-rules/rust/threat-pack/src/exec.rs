@@ -7,8 +7,24 @@ use crate::command::{self, credential_indicator, exec_command, redact, tar_to_st
 
 /// The exec's command, if it has one. `kubectl exec` over SPDY arrives as
 /// verb `create`, over WebSocket (kubectl 1.30 and later) as `get`.
+/// kube-apiserver puts the command only in the URI's `command` parameters;
+/// some sources record it as a parsed `PodExecOptions` request instead (GKE's
+/// Cloud Audit Logs do), which reaches the rule as the request object. That
+/// is read when the URI has no command.
 fn command(x: &Ctx) -> Option<Vec<String>> {
-    let command = exec_command(x.event.uri());
+    let mut command = exec_command(x.event.uri());
+    if command.is_empty() {
+        command = x
+            .event
+            .request_pointer("/command")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|w| w.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
     (!command.is_empty()).then_some(command)
 }
 

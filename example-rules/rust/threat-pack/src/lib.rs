@@ -8,7 +8,8 @@
 //! Every rule is described in [`catalog::RULES`] and in
 //! `docs/detections.md`. The noise rules every rule follows:
 //! - the control plane's own identities (`control_plane_users`,
-//!   `control_plane_groups`) are never looked at;
+//!   `control_plane_groups`) are never looked at, except by the one rule
+//!   about those identities themselves (`system-principal-from-public-ip`);
 //! - a rule whose meaning is "it happened" counts only requests that
 //!   succeeded (authorization decision allow, when the annotation is there,
 //!   and a response code below 400);
@@ -19,6 +20,7 @@ pub mod catalog;
 pub mod command;
 pub mod config;
 mod exec;
+mod identity;
 mod rbac;
 mod resources;
 mod stateful;
@@ -230,7 +232,8 @@ impl RuleModule for ThreatPack {
             if !settings.enabled || !admits(def, event) || (def.success_only && !success) {
                 continue;
             }
-            if *control_plane.get_or_insert_with(|| self.is_control_plane(event))
+            if (!def.sees_control_plane
+                && *control_plane.get_or_insert_with(|| self.is_control_plane(event)))
                 || self.excepted(index, event)
             {
                 continue;

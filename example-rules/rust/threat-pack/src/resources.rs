@@ -98,7 +98,10 @@ pub fn security_agent_tampering(x: &Ctx) -> Option<Alert> {
 
 pub fn cluster_wide_secret_list(x: &Ctx) -> Option<Alert> {
     let e = x.event;
-    if e.namespace().is_some_and(|n| !n.is_empty()) || e.uri().contains("/namespaces/") {
+    if e.namespace().is_some_and(|n| !n.is_empty())
+        || e.uri().contains("/namespaces/")
+        || any_glob(&x.config.cluster_secret_readers, e.user_name())
+    {
         return None;
     }
     Some(x.alert("Secrets listed across all namespaces"))
@@ -251,4 +254,42 @@ pub fn service_exposed(x: &Ctx) -> Option<Alert> {
             service.spec.external_ips.as_slice(),
         ),
     )
+}
+
+pub fn cronjob_changed(x: &Ctx) -> Option<Alert> {
+    // `cronjobs/status` is the controller recording the last run.
+    if x.event.subresource().is_some() {
+        return None;
+    }
+    let name = x.event.name().or_else(|| {
+        x.event
+            .request_pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+    });
+    Some(x.alert(&format!(
+        "CronJob {}/{} {}",
+        x.event.namespace().unwrap_or("<NA>"),
+        name.unwrap_or("<NA>"),
+        if x.event.verb() == "create" {
+            "created"
+        } else {
+            "modified"
+        }
+    )))
+}
+
+pub fn daemonset_created(x: &Ctx) -> Option<Alert> {
+    if x.event.subresource().is_some() {
+        return None;
+    }
+    let name = x.event.name().or_else(|| {
+        x.event
+            .request_pointer("/metadata/name")
+            .and_then(|v| v.as_str())
+    });
+    Some(x.alert(&format!(
+        "DaemonSet {}/{} created",
+        x.event.namespace().unwrap_or("<NA>"),
+        name.unwrap_or("<NA>")
+    )))
 }

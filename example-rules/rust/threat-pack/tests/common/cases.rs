@@ -173,6 +173,11 @@ impl Ev {
     pub fn done(self) -> Value {
         self.0
     }
+    /// Several source IPs (a request through proxies: client first).
+    pub fn done_with_ips(mut self, ips: &[&str]) -> Ev {
+        self.0["sourceIPs"] = json!(ips);
+        self
+    }
 }
 
 /// `kubectl exec` over WebSocket (verb get, kubectl 1.30+) or SPDY (create).
@@ -342,6 +347,7 @@ pub fn cases() -> Vec<Case> {
     all.extend(stateful_cases());
     all.extend(single_request_cases());
     all.extend(configuration_cases());
+    all.extend(persistence_and_exposure_cases());
     all
 }
 
@@ -510,7 +516,7 @@ fn workload_cases() -> Vec<Case> {
                 "node-agent",
                 risky_ds.clone(),
             )],
-            &["risky-workload-template"],
+            &["daemonset-created", "risky-workload-template"],
         ),
         case(
             "a person patches a CronJob to run privileged",
@@ -521,7 +527,7 @@ fn workload_cases() -> Vec<Case> {
                 "cleanup",
                 privileged.clone(),
             )],
-            &["risky-workload-template"],
+            &["cronjob-created-or-modified", "risky-workload-template"],
         ),
         case(
             "near miss: a person creates an ordinary Deployment",
@@ -1362,6 +1368,152 @@ fn configuration_cases() -> Vec<Case> {
             "ten reads in one named cluster fire",
             (0..10).map(|i| secret_get(i, "prod-eu")).collect(),
             &["secrets-read-burst"],
+        ),
+    ]
+}
+
+/// Scheduled jobs, DaemonSets, system identities from the internet, and the
+/// exec command as the request object records it.
+fn persistence_and_exposure_cases() -> Vec<Case> {
+    let job = json!({"containers": [container("job", "registry.example.com/ops/backup:2")],
+        "restartPolicy": "OnFailure"});
+    let coredns = "system:serviceaccount:kube-system:coredns";
+    let endpointslices = |ip: &str| {
+        ev(
+            "watch",
+            "/apis/discovery.k8s.io/v1/endpointslices?watch=true",
+        )
+        .object("endpointslices", None, None)
+        .api_group("discovery.k8s.io")
+        .user(coredns)
+        .ip(ip)
+    };
+    vec![
+        case(
+            "cronjob created, and another's schedule patched",
+            vec![
+                workload("create", "cronjobs", "shop", "backup", job.clone()),
+                ev("patch", "/apis/batch/v1/namespaces/shop/cronjobs/nightly")
+                    .object("cronjobs", Some("shop"), Some("nightly"))
+                    .body(json!({"spec": {"schedule": "* * * * *"}})),
+            ],
+            &["cronjob-created-or-modified", "cronjob-created-or-modified"],
+        ),
+        case(
+            "near miss: cronjob create forbidden, its status updated by the controller, one read",
+            vec![
+                workload("create", "cronjobs", "shop", "backup", job.clone()).code(403),
+                ev("update", "/apis/batch/v1/namespaces/shop/cronjobs/backup/status")
+                    .object("cronjobs", Some("shop"), Some("backup"))
+                    .sub("status")
+                    .user("system:serviceaccount:kube-system:cronjob-controller"),
+                simple("get", "cronjobs", Some("shop"), Some("backup")),
+            ],
+            &[],
+        ),
+        case(
+            "daemonset created by a person",
+            vec![workload("create", "daemonsets", "monitoring", "node-agent", benign_spec())],
+            &["daemonset-created"],
+        ),
+        case(
+            "near miss: daemonset create that failed, one by the controller, a deployment",
+            vec![
+                workload("create", "daemonsets", "monitoring", "node-agent", benign_spec())
+                    .code(409),
+                workload("create", "daemonsets", "kube-system", "kube-proxy", benign_spec())
+                    .user("system:serviceaccount:kube-system:daemon-set-controller"),
+                workload("create", "deployments", "shop", "web", benign_spec()),
+            ],
+            &[],
+        ),
+        case(
+            "a kube-system service account's token used from the internet",
+            vec![endpointslices("5.5.5.5")],
+            &["system-principal-from-public-ip"],
+        ),
+        case(
+            "identity and address alert once while in use: repeats are quiet, a new address and a return after a quiet day alert",
+            vec![
+                endpointslices("5.5.5.5").at(0),
+                endpointslices("5.5.5.5").at(60),
+                endpointslices("5.5.5.5").at(86_399),
+                endpointslices("8.8.4.4").at(100),
+                // A day after its last use (86_399), not its first.
+                endpointslices("5.5.5.5").at(86_399 + 86_400),
+            ],
+            &[
+                "system-principal-from-public-ip",
+                "system-principal-from-public-ip",
+                "system-principal-from-public-ip",
+            ],
+        ),
+        case(
+            "a node's credential used from the internet",
+            vec![
+                simple("get", "secrets", Some("kube-system"), Some("bootstrap-token-abc"))
+                    .user("system:node:ip-10-0-1-7.ec2.internal")
+                    .ip("2600:1f14:abc::7"),
+            ],
+            &["system-principal-from-public-ip"],
+        ),
+        case(
+            "near miss: system identity from the pod network, via a proxy, a person from the internet, a denial, a managed identity",
+            vec![
+                endpointslices("10.0.27.115"),
+                endpointslices("100.64.3.9"),
+                endpointslices("5.5.5.5").code(403),
+                ev("watch", "/api/v1/endpoints?watch=true")
+                    .object("endpoints", None, None)
+                    .user("system:serviceaccount:shop:web")
+                    .done_with_ips(&["10.0.1.5", "54.212.83.236"]),
+                simple("get", "pods", Some("shop"), None).ip("8.8.8.8"),
+                simple("get", "deployments", Some("kube-system"), Some("coredns"))
+                    .user("eks:addon-manager")
+                    .ip("35.163.244.48"),
+                endpointslices("not-an-ip"),
+            ],
+            &[],
+        ),
+        case(
+            "exec whose command is only in the request object reads the token",
+            vec![
+                ev("create", "/api/v1/namespaces/shop/pods/web-0/exec")
+                    .object("pods", Some("shop"), Some("web-0"))
+                    .sub("exec")
+                    .code(101)
+                    .stage("ResponseStarted")
+                    .body(json!({"kind": "PodExecOptions", "apiVersion": "v1",
+                        "stdout": true, "container": "app",
+                        "command": ["cat", "/var/run/secrets/kubernetes.io/serviceaccount/token"]})),
+            ],
+            &["exec-cloud-credentials"],
+        ),
+        case(
+            "cluster role binding to the controller manager's role",
+            vec![binding(
+                "clusterrolebindings",
+                None,
+                "controller-access",
+                "system:kube-controller-manager",
+                json!([{"kind": "ServiceAccount", "name": "tool", "namespace": "default"}]),
+            )],
+            &["cluster-admin-binding"],
+        ),
+        case(
+            "near miss: kube-state-metrics lists every secret, a binding to view",
+            vec![
+                simple("list", "secrets", None, None)
+                    .user("system:serviceaccount:monitoring:kube-state-metrics"),
+                binding(
+                    "clusterrolebindings",
+                    None,
+                    "viewers",
+                    "view",
+                    json!([{"kind": "Group", "name": "oidc:dev"}]),
+                ),
+            ],
+            &[],
         ),
     ]
 }
