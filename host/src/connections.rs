@@ -5,13 +5,17 @@
 //! **The limit.** At most `server.max_connections` are open at once. The
 //! last `server.reserved_connections` of them are a reserve: a connection
 //! accepted while all the others are taken is answered for `/healthz` and
-//! `/metrics` only (503 for any other path), once, and closed. Beyond the
-//! reserve, a new connection is closed at once, before a byte is read.
-//! The newcomer is refused rather than the oldest idle connection evicted:
-//! a flood of new connections would otherwise evict the apiserver's
-//! kept-alive ones, whereas the connections already open have to keep
-//! within the deadlines below to stay, and each idle one is closed within
-//! `idle_timeout_secs` anyway.
+//! `/metrics` only (503 for any other path), once, and closed. When the
+//! reserve is full too, the newcomer evicts the oldest reserve connection
+//! that has not yet sent a request (a probe sends its request at once, a
+//! connection that holds a slot silently is what a flood looks like); when
+//! every reserve connection has a request in progress, the newcomer is
+//! closed at once, before a byte is read.
+//! Outside the reserve the newcomer is refused rather than the oldest idle
+//! connection evicted: a flood of new connections would otherwise evict the
+//! apiserver's kept-alive ones, whereas the connections already open have to
+//! keep within the deadlines below to stay, and each idle one is closed
+//! within `idle_timeout_secs` anyway.
 //!
 //! **The deadlines,** HTTP/1.1 and HTTP/2 (h2 over TLS by ALPN, h2c by
 //! prior knowledge) alike:
@@ -38,13 +42,14 @@
 //! limit); the connection limit is what keeps either from exhausting the
 //! process.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -114,7 +119,11 @@ pub async fn serve(
     // Validated: reserved < max <= MAX_CONNECTIONS, so both fit a u32.
     let general_slots = config.max_connections - config.reserved_connections;
     let general = Arc::new(Semaphore::new(general_slots));
-    let reserve = Arc::new(Semaphore::new(config.reserved_connections));
+    let reserve = Arc::new(Reserve {
+        slots: Arc::new(Semaphore::new(config.reserved_connections)),
+        waiting: Mutex::new(VecDeque::new()),
+        size: config.reserved_connections,
+    });
     let tls = tls.map(Arc::new);
     let (closing, closing_rx) = watch::channel(false);
     let mut stop = std::pin::pin!(stop);
@@ -134,10 +143,13 @@ pub async fn serve(
                 }
             }
         };
-        let (slot, pool) = match general.clone().try_acquire_owned() {
-            Ok(slot) => (slot, Pool::General),
-            Err(_) => match reserve.clone().try_acquire_owned() {
-                Ok(slot) => (slot, Pool::Reserve),
+        let slot = match general.clone().try_acquire_owned() {
+            Ok(slot) => Slot::General(slot),
+            Err(_) => match reserve.slots.clone().try_acquire_owned() {
+                Ok(slot) => Slot::Reserve(slot),
+                // The evicted connection's slot is this one's once it has
+                // closed, which it does at once.
+                Err(_) if reserve.evict_oldest_waiting() => Slot::After(reserve.slots.clone()),
                 Err(_) => {
                     metrics::counter!("peregrine_connections_refused_total").increment(1);
                     drop(tcp);
@@ -145,9 +157,13 @@ pub async fn serve(
                 }
             },
         };
-        let router = match pool {
-            Pool::General => routers.app.clone(),
-            Pool::Reserve => routers.reserve.clone(),
+        let activity = Activity::new();
+        let (pool, router) = match slot {
+            Slot::General(_) => (Pool::General, routers.app.clone()),
+            _ => {
+                reserve.register(&activity);
+                (Pool::Reserve, routers.reserve.clone())
+            }
         };
         tokio::spawn(connection(
             Accepted {
@@ -155,6 +171,7 @@ pub async fn serve(
                 peer,
                 pool,
                 slot,
+                activity,
             },
             tls.clone(),
             router,
@@ -167,16 +184,62 @@ pub async fn serve(
     // Each connection holds its slot until it has closed.
     let _ = general.acquire_many(general_slots as u32).await;
     let _ = reserve
+        .slots
         .acquire_many(config.reserved_connections as u32)
         .await;
     Ok(())
+}
+
+/// The reserve's slots, and its connections that have not sent a request
+/// yet, oldest first: the ones a newcomer may evict.
+struct Reserve {
+    slots: Arc<Semaphore>,
+    waiting: Mutex<VecDeque<Weak<Activity>>>,
+    size: usize,
+}
+
+impl Reserve {
+    fn register(&self, activity: &Arc<Activity>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        waiting.push_back(Arc::downgrade(activity));
+        // Entries of closed or answered connections are dropped on the way;
+        // this keeps the queue near the reserve's size.
+        if waiting.len() > 2 * self.size + 16 {
+            waiting.retain(|w| w.upgrade().is_some_and(|a| a.evictable()));
+        }
+    }
+
+    /// Tells the oldest reserve connection without a request to close;
+    /// false when there is none.
+    fn evict_oldest_waiting(&self) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(w) = waiting.pop_front() {
+            if let Some(a) = w.upgrade()
+                && a.evictable()
+            {
+                a.evict.notify_one();
+                metrics::counter!("peregrine_connections_evicted_total").increment(1);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// A connection's place in the limit, for as long as it is open.
+enum Slot {
+    General(#[allow(dead_code)] OwnedSemaphorePermit),
+    Reserve(#[allow(dead_code)] OwnedSemaphorePermit),
+    /// A reserve slot, once the connection evicted for it has let it go.
+    After(Arc<Semaphore>),
 }
 
 struct Accepted {
     tcp: TcpStream,
     peer: SocketAddr,
     pool: Pool,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
+    activity: Arc<Activity>,
 }
 
 /// `peregrine_connections_open{pool}` for as long as it lives.
@@ -206,17 +269,30 @@ async fn connection(
         tcp,
         peer,
         pool,
-        slot: _slot,
+        slot,
+        activity,
     } = accepted;
+    let _slot = match slot {
+        Slot::After(slots) => {
+            match tokio::time::timeout(deadlines.header_read, slots.acquire_owned()).await {
+                Ok(Ok(slot)) => Slot::Reserve(slot),
+                _ => return,
+            }
+        }
+        slot => slot,
+    };
     let _open = Open::new(pool);
     let _ = tcp.set_nodelay(true);
     match tls {
-        None => serve_io(tcp, router, pool, deadlines, closing).await,
+        None => serve_io(tcp, router, pool, deadlines, closing, activity).await,
         Some(acceptor) => {
-            if let Some(tls) =
-                crate::tls::handshake(&acceptor, tcp, peer, deadlines.header_read).await
-            {
-                serve_io(tls, router, pool, deadlines, closing).await;
+            let handshake = crate::tls::handshake(&acceptor, tcp, peer, deadlines.header_read);
+            let tls = tokio::select! {
+                tls = handshake => tls,
+                () = activity.evict.notified() => None,
+            };
+            if let Some(tls) = tls {
+                serve_io(tls, router, pool, deadlines, closing, activity).await;
             }
         }
     }
@@ -225,12 +301,31 @@ async fn connection(
 /// Requests in progress on one connection, and since when it has had none.
 struct Activity {
     in_flight: AtomicUsize,
+    /// Whether a request ever began: a reserve connection without one may
+    /// be evicted.
+    started: AtomicBool,
     idle_since: Mutex<Instant>,
     changed: Notify,
+    evict: Notify,
 }
 
 impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            idle_since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+            evict: Notify::new(),
+        })
+    }
+
+    fn evictable(&self) -> bool {
+        !self.started.load(Ordering::SeqCst)
+    }
+
     fn begin(self: &Arc<Self>) -> Busy {
+        self.started.store(true, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
     }
@@ -288,14 +383,10 @@ async fn serve_io<I>(
     pool: Pool,
     deadlines: Deadlines,
     mut closing: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity {
-        in_flight: AtomicUsize::new(0),
-        idle_since: Mutex::new(Instant::now()),
-        changed: Notify::new(),
-    });
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -344,6 +435,9 @@ async fn serve_io<I>(
                     conn.as_mut().graceful_shutdown();
                     hard_close = Some(Instant::now() + deadlines.write);
                 }
+            }
+            () = activity.evict.notified(), if pool == Pool::Reserve && activity.evictable() => {
+                break;
             }
             () = changed => {
                 // A request ended: a reserve connection has had its answer.
