@@ -120,9 +120,10 @@ pub async fn serve(
     let general_slots = config.max_connections - config.reserved_connections;
     let general = Arc::new(Semaphore::new(general_slots));
     let reserve = Arc::new(Reserve {
-        slots: Arc::new(Semaphore::new(config.reserved_connections)),
-        waiting: Mutex::new(VecDeque::new()),
+        open: AtomicUsize::new(0),
         size: config.reserved_connections,
+        waiting: Mutex::new(VecDeque::new()),
+        released: Notify::new(),
     });
     let tls = tls.map(Arc::new);
     let (closing, closing_rx) = watch::channel(false);
@@ -143,27 +144,17 @@ pub async fn serve(
                 }
             }
         };
-        let slot = match general.clone().try_acquire_owned() {
-            Ok(slot) => Slot::General(slot),
-            Err(_) => match reserve.slots.clone().try_acquire_owned() {
-                Ok(slot) => Slot::Reserve(slot),
-                // The evicted connection's slot is this one's once it has
-                // closed, which it does at once.
-                Err(_) if reserve.evict_oldest_waiting() => Slot::After(reserve.slots.clone()),
-                Err(_) => {
+        let activity = Activity::new();
+        let (slot, pool, router) = match general.clone().try_acquire_owned() {
+            Ok(slot) => (Slot::General(slot), Pool::General, routers.app.clone()),
+            Err(_) => match reserve.admit(&activity) {
+                Some(slot) => (Slot::Reserve(slot), Pool::Reserve, routers.reserve.clone()),
+                None => {
                     metrics::counter!("peregrine_connections_refused_total").increment(1);
                     drop(tcp);
                     continue;
                 }
             },
-        };
-        let activity = Activity::new();
-        let (pool, router) = match slot {
-            Slot::General(_) => (Pool::General, routers.app.clone()),
-            _ => {
-                reserve.register(&activity);
-                (Pool::Reserve, routers.reserve.clone())
-            }
         };
         tokio::spawn(connection(
             Accepted {
@@ -183,55 +174,105 @@ pub async fn serve(
     let _ = closing.send(true);
     // Each connection holds its slot until it has closed.
     let _ = general.acquire_many(general_slots as u32).await;
-    let _ = reserve
-        .slots
-        .acquire_many(config.reserved_connections as u32)
-        .await;
+    reserve.drained().await;
     Ok(())
 }
 
-/// The reserve's slots, and its connections that have not sent a request
-/// yet, oldest first: the ones a newcomer may evict.
+/// The reserve: how many of its slots are taken, and its connections that
+/// have not sent a request yet, oldest first: the ones a newcomer may evict.
 struct Reserve {
-    slots: Arc<Semaphore>,
-    waiting: Mutex<VecDeque<Weak<Activity>>>,
+    open: AtomicUsize,
     size: usize,
+    waiting: Mutex<VecDeque<Weak<Activity>>>,
+    released: Notify,
+}
+
+/// Where a reserve connection's slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Held,
+    /// Handed to the connection that evicted this one.
+    Handed,
+    Released,
 }
 
 impl Reserve {
-    fn register(&self, activity: &Arc<Activity>) {
+    /// A reserve slot for a new connection: a free one, or the one of the
+    /// oldest reserve connection without a request, which is told to close
+    /// and hands its slot over at once (so the newcomer does not wait behind
+    /// others for it). `None` when every reserve connection has a request.
+    fn admit(self: &Arc<Self>, activity: &Arc<Activity>) -> Option<ReserveSlot> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let free = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.size).then_some(n + 1)
+            })
+            .is_ok();
+        if !free {
+            let handed = std::iter::from_fn(|| waiting.pop_front())
+                .filter_map(|w| w.upgrade())
+                .any(|victim| {
+                    let mut state = victim.slot.lock().unwrap_or_else(|e| e.into_inner());
+                    if *state != SlotState::Held || !victim.evictable() {
+                        return false;
+                    }
+                    *state = SlotState::Handed;
+                    victim.evict.notify_one();
+                    true
+                });
+            if !handed {
+                return None;
+            }
+            metrics::counter!("peregrine_connections_evicted_total").increment(1);
+        }
+        *activity.slot.lock().unwrap_or_else(|e| e.into_inner()) = SlotState::Held;
         waiting.push_back(Arc::downgrade(activity));
         // Entries of closed or answered connections are dropped on the way;
         // this keeps the queue near the reserve's size.
         if waiting.len() > 2 * self.size + 16 {
             waiting.retain(|w| w.upgrade().is_some_and(|a| a.evictable()));
         }
+        Some(ReserveSlot {
+            reserve: self.clone(),
+            activity: activity.clone(),
+        })
     }
 
-    /// Tells the oldest reserve connection without a request to close;
-    /// false when there is none.
-    fn evict_oldest_waiting(&self) -> bool {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(w) = waiting.pop_front() {
-            if let Some(a) = w.upgrade()
-                && a.evictable()
-            {
-                a.evict.notify_one();
-                metrics::counter!("peregrine_connections_evicted_total").increment(1);
-                return true;
+    /// Once no reserve slot is held.
+    async fn drained(&self) {
+        loop {
+            let released = self.released.notified();
+            if self.open.load(Ordering::SeqCst) == 0 {
+                return;
             }
+            released.await;
         }
-        false
+    }
+}
+
+/// A reserve slot, given back when the connection closes, unless it was
+/// handed to the connection that evicted this one.
+struct ReserveSlot {
+    reserve: Arc<Reserve>,
+    activity: Arc<Activity>,
+}
+
+impl Drop for ReserveSlot {
+    fn drop(&mut self) {
+        let mut state = self.activity.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if *state == SlotState::Held {
+            *state = SlotState::Released;
+            self.reserve.open.fetch_sub(1, Ordering::SeqCst);
+            self.reserve.released.notify_waiters();
+        }
     }
 }
 
 /// A connection's place in the limit, for as long as it is open.
 enum Slot {
     General(#[allow(dead_code)] OwnedSemaphorePermit),
-    Reserve(#[allow(dead_code)] OwnedSemaphorePermit),
-    /// A reserve slot, once the connection evicted for it has let it go.
-    After(Arc<Semaphore>),
+    Reserve(#[allow(dead_code)] ReserveSlot),
 }
 
 struct Accepted {
@@ -272,15 +313,7 @@ async fn connection(
         slot,
         activity,
     } = accepted;
-    let _slot = match slot {
-        Slot::After(slots) => {
-            match tokio::time::timeout(deadlines.header_read, slots.acquire_owned()).await {
-                Ok(Ok(slot)) => Slot::Reserve(slot),
-                _ => return,
-            }
-        }
-        slot => slot,
-    };
+    let _slot = slot;
     let _open = Open::new(pool);
     let _ = tcp.set_nodelay(true);
     match tls {
@@ -307,6 +340,8 @@ struct Activity {
     idle_since: Mutex<Instant>,
     changed: Notify,
     evict: Notify,
+    /// A reserve connection's slot.
+    slot: Mutex<SlotState>,
 }
 
 impl Activity {
@@ -317,6 +352,7 @@ impl Activity {
             idle_since: Mutex::new(Instant::now()),
             changed: Notify::new(),
             evict: Notify::new(),
+            slot: Mutex::new(SlotState::Released),
         })
     }
 
