@@ -26,10 +26,9 @@
 //!   handshake gets the same deadline.
 //! - *idle*: a connection with no request in progress (one that sends
 //!   nothing at all; HTTP/2: no open stream) is shut down gracefully after
-//!   `idle_timeout_secs`, and dropped if it has not closed within
-//!   `write_timeout_secs` more. hyper has no idle timeout of its own; this
-//!   watchdog counts requests in progress from the service and the life of
-//!   their response bodies.
+//!   `idle_timeout_secs`, and dropped if it has not closed a second later.
+//!   hyper has no idle timeout of its own; this watchdog counts requests in
+//!   progress from the service and the life of their response bodies.
 //! - *body*: `server.body_read_timeout_secs` for a whole request body,
 //!   held by the ingest handlers that read one (`crate::ingest::body`).
 //! - *write*: a connection whose writes make no progress for
@@ -66,6 +65,11 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
+
+/// How long a connection shut down gracefully with no request in progress
+/// has to close: time for its GOAWAY (and the HTTP/2 ping that follows it)
+/// to make a round trip. A client that does not answer is dropped then.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// The two services a connection may get.
 pub struct Routers {
@@ -469,7 +473,7 @@ async fn serve_io<I>(
                     metrics::counter!("peregrine_connections_closed_total", "reason" => "idle")
                         .increment(1);
                     conn.as_mut().graceful_shutdown();
-                    hard_close = Some(Instant::now() + deadlines.write);
+                    hard_close = Some(Instant::now() + IDLE_GRACE);
                 }
             }
             () = activity.evict.notified(), if pool == Pool::Reserve && activity.evictable() => {
@@ -481,7 +485,7 @@ async fn serve_io<I>(
                     && activity.in_flight.load(Ordering::SeqCst) == 0
                 {
                     conn.as_mut().graceful_shutdown();
-                    hard_close = Some(Instant::now() + deadlines.write);
+                    hard_close = Some(Instant::now() + IDLE_GRACE);
                 }
             }
             _ = closing.wait_for(|c| *c), if hard_close.is_none() => {
