@@ -2,13 +2,13 @@
 //! hostile bodies, as the real binary applies them: idle, partial-header and
 //! partial-body connections are closed once their deadline passes (small
 //! deadlines configured; the tests wait for the close, they do not time
-//! it); a server holding more connections than its limit still answers
-//! `/healthz` (a probe evicts a silent connection from the reserve), and
-//! without a reserve refuses the newcomer; a declared length over the limit
-//! gets 413 before any body; gzip is taken within the body limit, a gzip
-//! bomb and an unknown encoding are refused; the `rejected` list is capped;
-//! events refused with 429 are counted apart; an oversize event is logged,
-//! rate-limited.
+//! it), and so is one whose client stopped reading; a server holding more
+//! connections than its limit still answers `/healthz` (a probe evicts a
+//! silent connection from the reserve), and without a reserve refuses the
+//! newcomer; a declared length over the limit gets 413 before any body;
+//! gzip is taken within the body limit, a gzip bomb and an unknown encoding
+//! are refused; the `rejected` list is capped; events refused with 429 are
+//! counted apart; an oversize event is logged, rate-limited.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -182,6 +182,40 @@ fn idle_partial_header_and_partial_body_connections_are_closed_after_their_deadl
         1.0,
         "{m}"
     );
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped_at_the_write_timeout() {
+    let work = tempfile::tempdir().unwrap();
+    let srv = server_with(work.path(), "write_timeout_secs = 1", "");
+    // Thousands of pipelined requests for the 10 KB UI page, and none of
+    // the answers read: tens of megabytes, far more than the sockets
+    // buffer, so the server's writes stall.
+    let mut s = connect(&srv);
+    let mut writer = s.try_clone().unwrap();
+    // From a thread: should the server stop reading the requests too, the
+    // write blocks until the drop, and then fails, which is fine.
+    let writing = std::thread::spawn(move || {
+        let requests = "GET / HTTP/1.1\r\nHost: peregrine\r\n\r\n".repeat(5000);
+        let _ = writer.write_all(requests.as_bytes());
+    });
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while metric(
+        &metrics_text(&srv),
+        "peregrine_connections_closed_total{reason=\"write_timeout\"}",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connection was not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The connection ends (after what was buffered, or with a reset that
+    // discards it), short of the answers asked for.
+    let answers = read_until_closed(&mut s);
+    assert!(answers.len() < 5000 * 10_000, "every answer was written");
+    writing.join().unwrap();
 }
 
 #[test]
