@@ -5,13 +5,17 @@
 //! **The limit.** At most `server.max_connections` are open at once. The
 //! last `server.reserved_connections` of them are a reserve: a connection
 //! accepted while all the others are taken is answered for `/healthz` and
-//! `/metrics` only (503 for any other path), once, and closed. Beyond the
-//! reserve, a new connection is closed at once, before a byte is read.
-//! The newcomer is refused rather than the oldest idle connection evicted:
-//! a flood of new connections would otherwise evict the apiserver's
-//! kept-alive ones, whereas the connections already open have to keep
-//! within the deadlines below to stay, and each idle one is closed within
-//! `idle_timeout_secs` anyway.
+//! `/metrics` only (503 for any other path), once, and closed. When the
+//! reserve is full too, the newcomer evicts the oldest reserve connection
+//! that has not yet sent a request (a probe sends its request at once, a
+//! connection that holds a slot silently is what a flood looks like); when
+//! every reserve connection has a request in progress, the newcomer is
+//! closed at once, before a byte is read.
+//! Outside the reserve the newcomer is refused rather than the oldest idle
+//! connection evicted: a flood of new connections would otherwise evict the
+//! apiserver's kept-alive ones, whereas the connections already open have to
+//! keep within the deadlines below to stay, and each idle one is closed
+//! within `idle_timeout_secs` anyway.
 //!
 //! **The deadlines,** HTTP/1.1 and HTTP/2 (h2 over TLS by ALPN, h2c by
 //! prior knowledge) alike:
@@ -22,10 +26,9 @@
 //!   handshake gets the same deadline.
 //! - *idle*: a connection with no request in progress (one that sends
 //!   nothing at all; HTTP/2: no open stream) is shut down gracefully after
-//!   `idle_timeout_secs`, and dropped if it has not closed within
-//!   `write_timeout_secs` more. hyper has no idle timeout of its own; this
-//!   watchdog counts requests in progress from the service and the life of
-//!   their response bodies.
+//!   `idle_timeout_secs`, and dropped if it has not closed a second later.
+//!   hyper has no idle timeout of its own; this watchdog counts requests in
+//!   progress from the service and the life of their response bodies.
 //! - *body*: `server.body_read_timeout_secs` for a whole request body,
 //!   held by the ingest handlers that read one (`crate::ingest::body`).
 //! - *write*: a connection whose writes make no progress for
@@ -38,13 +41,14 @@
 //! limit); the connection limit is what keeps either from exhausting the
 //! process.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -61,6 +65,11 @@ use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::ServerConfig;
+
+/// How long a connection shut down gracefully with no request in progress
+/// has to close: time for its GOAWAY (and the HTTP/2 ping that follows it)
+/// to make a round trip. A client that does not answer is dropped then.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// The two services a connection may get.
 pub struct Routers {
@@ -114,7 +123,12 @@ pub async fn serve(
     // Validated: reserved < max <= MAX_CONNECTIONS, so both fit a u32.
     let general_slots = config.max_connections - config.reserved_connections;
     let general = Arc::new(Semaphore::new(general_slots));
-    let reserve = Arc::new(Semaphore::new(config.reserved_connections));
+    let reserve = Arc::new(Reserve {
+        open: AtomicUsize::new(0),
+        size: config.reserved_connections,
+        waiting: Mutex::new(VecDeque::new()),
+        released: Notify::new(),
+    });
     let tls = tls.map(Arc::new);
     let (closing, closing_rx) = watch::channel(false);
     let mut stop = std::pin::pin!(stop);
@@ -134,20 +148,17 @@ pub async fn serve(
                 }
             }
         };
-        let (slot, pool) = match general.clone().try_acquire_owned() {
-            Ok(slot) => (slot, Pool::General),
-            Err(_) => match reserve.clone().try_acquire_owned() {
-                Ok(slot) => (slot, Pool::Reserve),
-                Err(_) => {
+        let activity = Activity::new();
+        let (slot, pool, router) = match general.clone().try_acquire_owned() {
+            Ok(slot) => (Slot::General(slot), Pool::General, routers.app.clone()),
+            Err(_) => match reserve.admit(&activity) {
+                Some(slot) => (Slot::Reserve(slot), Pool::Reserve, routers.reserve.clone()),
+                None => {
                     metrics::counter!("peregrine_connections_refused_total").increment(1);
                     drop(tcp);
                     continue;
                 }
             },
-        };
-        let router = match pool {
-            Pool::General => routers.app.clone(),
-            Pool::Reserve => routers.reserve.clone(),
         };
         tokio::spawn(connection(
             Accepted {
@@ -155,6 +166,7 @@ pub async fn serve(
                 peer,
                 pool,
                 slot,
+                activity,
             },
             tls.clone(),
             router,
@@ -166,17 +178,113 @@ pub async fn serve(
     let _ = closing.send(true);
     // Each connection holds its slot until it has closed.
     let _ = general.acquire_many(general_slots as u32).await;
-    let _ = reserve
-        .acquire_many(config.reserved_connections as u32)
-        .await;
+    reserve.drained().await;
     Ok(())
+}
+
+/// The reserve: how many of its slots are taken, and its connections that
+/// have not sent a request yet, oldest first: the ones a newcomer may evict.
+struct Reserve {
+    open: AtomicUsize,
+    size: usize,
+    waiting: Mutex<VecDeque<Weak<Activity>>>,
+    released: Notify,
+}
+
+/// Where a reserve connection's slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Held,
+    /// Handed to the connection that evicted this one.
+    Handed,
+    Released,
+}
+
+impl Reserve {
+    /// A reserve slot for a new connection: a free one, or the one of the
+    /// oldest reserve connection without a request, which is told to close
+    /// and hands its slot over at once (so the newcomer does not wait behind
+    /// others for it). `None` when every reserve connection has a request.
+    fn admit(self: &Arc<Self>, activity: &Arc<Activity>) -> Option<ReserveSlot> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        let free = self
+            .open
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.size).then_some(n + 1)
+            })
+            .is_ok();
+        if !free {
+            let handed = std::iter::from_fn(|| waiting.pop_front())
+                .filter_map(|w| w.upgrade())
+                .any(|victim| {
+                    let mut state = victim.slot.lock().unwrap_or_else(|e| e.into_inner());
+                    if *state != SlotState::Held || !victim.evictable() {
+                        return false;
+                    }
+                    *state = SlotState::Handed;
+                    victim.evict.notify_one();
+                    true
+                });
+            if !handed {
+                return None;
+            }
+            metrics::counter!("peregrine_connections_evicted_total").increment(1);
+        }
+        *activity.slot.lock().unwrap_or_else(|e| e.into_inner()) = SlotState::Held;
+        waiting.push_back(Arc::downgrade(activity));
+        // Entries of closed or answered connections are dropped on the way;
+        // this keeps the queue near the reserve's size.
+        if waiting.len() > 2 * self.size + 16 {
+            waiting.retain(|w| w.upgrade().is_some_and(|a| a.evictable()));
+        }
+        Some(ReserveSlot {
+            reserve: self.clone(),
+            activity: activity.clone(),
+        })
+    }
+
+    /// Once no reserve slot is held.
+    async fn drained(&self) {
+        loop {
+            let released = self.released.notified();
+            if self.open.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            released.await;
+        }
+    }
+}
+
+/// A reserve slot, given back when the connection closes, unless it was
+/// handed to the connection that evicted this one.
+struct ReserveSlot {
+    reserve: Arc<Reserve>,
+    activity: Arc<Activity>,
+}
+
+impl Drop for ReserveSlot {
+    fn drop(&mut self) {
+        let mut state = self.activity.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if *state == SlotState::Held {
+            *state = SlotState::Released;
+            self.reserve.open.fetch_sub(1, Ordering::SeqCst);
+            self.reserve.released.notify_waiters();
+        }
+    }
+}
+
+/// A connection's place in the limit, for as long as it is open.
+enum Slot {
+    General(#[allow(dead_code)] OwnedSemaphorePermit),
+    Reserve(#[allow(dead_code)] ReserveSlot),
 }
 
 struct Accepted {
     tcp: TcpStream,
     peer: SocketAddr,
     pool: Pool,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
+    activity: Arc<Activity>,
 }
 
 /// `peregrine_connections_open{pool}` for as long as it lives.
@@ -206,17 +314,22 @@ async fn connection(
         tcp,
         peer,
         pool,
-        slot: _slot,
+        slot,
+        activity,
     } = accepted;
+    let _slot = slot;
     let _open = Open::new(pool);
     let _ = tcp.set_nodelay(true);
     match tls {
-        None => serve_io(tcp, router, pool, deadlines, closing).await,
+        None => serve_io(tcp, router, pool, deadlines, closing, activity).await,
         Some(acceptor) => {
-            if let Some(tls) =
-                crate::tls::handshake(&acceptor, tcp, peer, deadlines.header_read).await
-            {
-                serve_io(tls, router, pool, deadlines, closing).await;
+            let handshake = crate::tls::handshake(&acceptor, tcp, peer, deadlines.header_read);
+            let tls = tokio::select! {
+                tls = handshake => tls,
+                () = activity.evict.notified() => None,
+            };
+            if let Some(tls) = tls {
+                serve_io(tls, router, pool, deadlines, closing, activity).await;
             }
         }
     }
@@ -225,12 +338,34 @@ async fn connection(
 /// Requests in progress on one connection, and since when it has had none.
 struct Activity {
     in_flight: AtomicUsize,
+    /// Whether a request ever began: a reserve connection without one may
+    /// be evicted.
+    started: AtomicBool,
     idle_since: Mutex<Instant>,
     changed: Notify,
+    evict: Notify,
+    /// A reserve connection's slot.
+    slot: Mutex<SlotState>,
 }
 
 impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicBool::new(false),
+            idle_since: Mutex::new(Instant::now()),
+            changed: Notify::new(),
+            evict: Notify::new(),
+            slot: Mutex::new(SlotState::Released),
+        })
+    }
+
+    fn evictable(&self) -> bool {
+        !self.started.load(Ordering::SeqCst)
+    }
+
     fn begin(self: &Arc<Self>) -> Busy {
+        self.started.store(true, Ordering::SeqCst);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         Busy(self.clone())
     }
@@ -288,14 +423,10 @@ async fn serve_io<I>(
     pool: Pool,
     deadlines: Deadlines,
     mut closing: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity {
-        in_flight: AtomicUsize::new(0),
-        idle_since: Mutex::new(Instant::now()),
-        changed: Notify::new(),
-    });
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
@@ -342,8 +473,11 @@ async fn serve_io<I>(
                     metrics::counter!("peregrine_connections_closed_total", "reason" => "idle")
                         .increment(1);
                     conn.as_mut().graceful_shutdown();
-                    hard_close = Some(Instant::now() + deadlines.write);
+                    hard_close = Some(Instant::now() + IDLE_GRACE);
                 }
+            }
+            () = activity.evict.notified(), if pool == Pool::Reserve && activity.evictable() => {
+                break;
             }
             () = changed => {
                 // A request ended: a reserve connection has had its answer.
@@ -351,7 +485,7 @@ async fn serve_io<I>(
                     && activity.in_flight.load(Ordering::SeqCst) == 0
                 {
                     conn.as_mut().graceful_shutdown();
-                    hard_close = Some(Instant::now() + deadlines.write);
+                    hard_close = Some(Instant::now() + IDLE_GRACE);
                 }
             }
             _ = closing.wait_for(|c| *c), if hard_close.is_none() => {

@@ -130,6 +130,10 @@ fn describe() {
         "Connections closed at once because server.max_connections were open."
     );
     describe_counter!(
+        "peregrine_connections_evicted_total",
+        "Reserve connections without a request closed to make room for a new one."
+    );
+    describe_counter!(
         "peregrine_connections_closed_total",
         "Connections closed by a deadline, per reason (idle, header_timeout, write_timeout)."
     );

@@ -2,8 +2,10 @@
 //! hostile bodies, as the real binary applies them: idle, partial-header and
 //! partial-body connections are closed once their deadline passes (small
 //! deadlines configured; the tests wait for the close, they do not time
-//! it); a server holding more connections than its limit still answers
-//! `/healthz`; a declared length over the limit gets 413 before any body;
+//! it), and so is one whose client stopped reading; a server holding more
+//! connections than its limit still answers `/healthz` (a probe evicts a
+//! silent connection from the reserve), and without a reserve refuses the
+//! newcomer; a declared length over the limit gets 413 before any body;
 //! gzip is taken within the body limit, a gzip bomb and an unknown encoding
 //! are refused; the `rejected` list is capped; events refused with 429 are
 //! counted apart; an oversize event is logged, rate-limited.
@@ -183,6 +185,40 @@ fn idle_partial_header_and_partial_body_connections_are_closed_after_their_deadl
 }
 
 #[test]
+fn a_client_that_stops_reading_is_dropped_at_the_write_timeout() {
+    let work = tempfile::tempdir().unwrap();
+    let srv = server_with(work.path(), "write_timeout_secs = 1", "");
+    // Thousands of pipelined requests for the 10 KB UI page, and none of
+    // the answers read: tens of megabytes, far more than the sockets
+    // buffer, so the server's writes stall.
+    let mut s = connect(&srv);
+    let mut writer = s.try_clone().unwrap();
+    // From a thread: should the server stop reading the requests too, the
+    // write blocks until the drop, and then fails, which is fine.
+    let writing = std::thread::spawn(move || {
+        let requests = "GET / HTTP/1.1\r\nHost: peregrine\r\n\r\n".repeat(5000);
+        let _ = writer.write_all(requests.as_bytes());
+    });
+    let deadline = Instant::now() + CLOSE_WAIT;
+    while metric(
+        &metrics_text(&srv),
+        "peregrine_connections_closed_total{reason=\"write_timeout\"}",
+    ) < 1.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled connection was not dropped"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The connection ends (after what was buffered, or with a reset that
+    // discards it), short of the answers asked for.
+    let answers = read_until_closed(&mut s);
+    assert!(answers.len() < 5000 * 10_000, "every answer was written");
+    writing.join().unwrap();
+}
+
+#[test]
 fn holding_more_connections_than_the_limit_keeps_healthz_answering() {
     let work = tempfile::tempdir().unwrap();
     // Deadlines long enough that the held connections stay for the test.
@@ -198,32 +234,16 @@ fn holding_more_connections_than_the_limit_keeps_healthz_answering() {
         assert_eq!(get(s, "/healthz").0, 200);
     }
 
-    // With the reserve held too, a new connection is closed at once,
-    // unanswered. The kernel hands connections over in order, so the two
-    // holders are taken before it.
-    let reserve_holders: Vec<TcpStream> = (0..2).map(|_| connect(&srv)).collect();
-    let mut refused = connect(&srv);
-    let _ = refused.write_all(b"GET /healthz HTTP/1.1\r\nHost: peregrine\r\n\r\n");
-    assert!(read_until_closed(&mut refused).is_empty());
-
-    // Once the holders leave (and the server has seen them go), the
-    // reserve answers /healthz again.
+    // With the reserve held by connections that send nothing, a probe
+    // still gets its answer: it evicts the oldest of them. (The kernel hands
+    // connections over in order, so both holders are taken before it.)
+    let mut reserve_holders: Vec<TcpStream> = (0..2).map(|_| connect(&srv)).collect();
+    let mut probe = connect(&srv);
+    let (code, body) = get(&mut probe, "/healthz");
+    assert_eq!(code, 200, "{body}");
+    assert!(read_until_closed(&mut probe).is_empty());
+    assert!(read_until_closed(&mut reserve_holders[0]).is_empty());
     drop(reserve_holders);
-    let deadline = Instant::now() + CLOSE_WAIT;
-    loop {
-        let mut s = connect(&srv);
-        if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: peregrine\r\n\r\n")
-            .is_ok()
-        {
-            let answer = String::from_utf8_lossy(&read_until_closed(&mut s)).to_string();
-            if !answer.is_empty() {
-                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the reserve never came back");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 
     // From the reserve: /healthz and /metrics answer, once per connection;
     // anything else gets 503. (Each connection is closed before the next
@@ -250,13 +270,52 @@ fn holding_more_connections_than_the_limit_keeps_healthz_answering() {
         "{m}"
     );
     assert!(
-        metric(&m, "peregrine_connections_refused_total") >= 1.0,
+        metric(&m, "peregrine_connections_evicted_total") >= 1.0,
         "{m}"
     );
     // The held connections were never disturbed.
     for s in &mut held {
         assert_eq!(get(s, "/healthz").0, 200);
     }
+}
+
+#[test]
+fn without_a_reserve_a_connection_beyond_the_limit_is_closed_unread() {
+    let work = tempfile::tempdir().unwrap();
+    let srv = server_with(
+        work.path(),
+        "max_connections = 2\nreserved_connections = 0\nheader_read_timeout_secs = 600\nidle_timeout_secs = 600",
+        "",
+    );
+    let mut held: Vec<TcpStream> = (0..2).map(|_| connect(&srv)).collect();
+    for s in &mut held {
+        assert_eq!(get(s, "/healthz").0, 200);
+    }
+    let mut refused = connect(&srv);
+    let _ = refused.write_all(b"GET /healthz HTTP/1.1\r\nHost: peregrine\r\n\r\n");
+    assert!(read_until_closed(&mut refused).is_empty());
+    // Once a held connection leaves (and the server has seen it go), there
+    // is room again, and the refusal was counted.
+    held.pop();
+    let deadline = Instant::now() + CLOSE_WAIT;
+    let m = loop {
+        let mut s = connect(&srv);
+        if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: peregrine\r\nConnection: close\r\n\r\n")
+            .is_ok()
+        {
+            let answer = String::from_utf8_lossy(&read_until_closed(&mut s)).to_string();
+            if !answer.is_empty() {
+                break answer;
+            }
+        }
+        assert!(Instant::now() < deadline, "no room came back");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(m.starts_with("HTTP/1.1 200"), "{m}");
+    assert!(
+        metric(&m, "peregrine_connections_refused_total") >= 1.0,
+        "{m}"
+    );
 }
 
 #[test]

@@ -432,10 +432,11 @@ impl Tail {
     fn submit_chunk(&self, chunk: &[u8]) -> Result<(), Stop> {
         let max_event = self.app.config.server.max_event_bytes;
         let decoded = decode_input(chunk, max_event);
-        for r in &decoded.rejected {
+        // Oversize events are logged by `count_rejected`, rate-limited.
+        for r in decoded.rejected.iter().filter(|r| r.kind != "too_large") {
             tracing::warn!(at = %r.at, "audit log line rejected: {}", r.reason);
-            metrics::counter!("peregrine_events_rejected_total", "reason" => r.kind).increment(1);
         }
+        crate::ingest::decode::count_rejected(&decoded.rejected, &self.tenant.id, &self.name);
         count_records(&self.name, "rejected", decoded.rejected.len());
         if decoded.events.is_empty() {
             return Ok(());
