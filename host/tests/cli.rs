@@ -903,3 +903,81 @@ fn replay_streams_a_long_input_and_prints_every_alert_in_input_order() {
     assert_eq!(ids.len(), 1_000, "one alert per exec, none lost");
     assert_eq!(ids, expected, "in input order");
 }
+
+#[test]
+fn replay_gives_stateful_rules_each_clusters_events_in_input_order() {
+    // 100 users each write a RoleBinding and then create a Deployment, one
+    // event per batch over two workers: `rbac-then-workload` fires for each
+    // only if every Deployment is evaluated after its RoleBinding.
+    let at = |secs: u32| format!("2026-01-01T10:{:02}:{:02}.000000Z", secs / 60, secs % 60);
+    let base = |id: String, user: &str, secs: u32| {
+        serde_json::json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Request",
+            "auditID": id, "stage": "ResponseComplete", "verb": "create",
+            "user": {"username": user, "groups": ["oidc:platform", "system:authenticated"]},
+            "sourceIPs": ["203.0.113.7"], "userAgent": "kubectl/v1.31.0 (linux/amd64) kubernetes/abc",
+            "annotations": {"authorization.k8s.io/decision": "allow"},
+            "responseStatus": {"metadata": {}, "code": 201},
+            "requestReceivedTimestamp": at(secs), "stageTimestamp": at(secs),
+        })
+    };
+    let mut text = String::new();
+    for i in 0..100u32 {
+        let user = format!("user-{i:03}");
+        let mut rbac = base(format!("rbac-{i:03}"), &user, i * 2);
+        rbac["requestURI"] =
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings".into();
+        rbac["objectRef"] = serde_json::json!({"resource": "rolebindings", "namespace": "shop",
+            "name": format!("edit-{i}"), "apiGroup": "rbac.authorization.k8s.io", "apiVersion": "v1"});
+        rbac["requestObject"] = serde_json::json!({"kind": "RoleBinding",
+            "apiVersion": "rbac.authorization.k8s.io/v1", "metadata": {"name": format!("edit-{i}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "ServiceAccount", "name": "ci", "namespace": "shop"}]});
+        let mut deploy = base(format!("deploy-{i:03}"), &user, i * 2 + 1);
+        deploy["requestURI"] = "/apis/apps/v1/namespaces/shop/deployments".into();
+        deploy["objectRef"] = serde_json::json!({"resource": "deployments", "namespace": "shop",
+            "name": format!("web-{i}"), "apiGroup": "apps", "apiVersion": "v1"});
+        deploy["requestObject"] = serde_json::json!({"kind": "Deployment", "apiVersion": "apps/v1",
+            "metadata": {"name": format!("web-{i}"), "namespace": "shop"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "registry.example.com/shop/web:1.4.2"}]}}}});
+        for ev in [rbac, deploy] {
+            text.push_str(&ev.to_string());
+            text.push('\n');
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.log");
+    std::fs::write(&file, text).unwrap();
+    let rules = dir.path().join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::copy(
+        root().join("example-rules/build/k8s_threats.wasm"),
+        rules.join("k8s_threats.wasm"),
+    )
+    .unwrap();
+    let config = dir.path().join("peregrine.toml");
+    std::fs::write(&config, "[engine]\nworkers = 2\nbatch_events = 1\n").unwrap();
+    let out = run(&[
+        "replay",
+        "-c",
+        config.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+        file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ids: Vec<String> = stdout_alerts(&out)
+        .iter()
+        .filter(|a| a["output_fields"]["peregrine.rule_id"] == "rbac-then-workload")
+        .map(|a| {
+            a["output_fields"]["ka.auditid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let expected: Vec<String> = (0..100).map(|i| format!("deploy-{i:03}")).collect();
+    assert_eq!(ids, expected, "{}", stderr(&out));
+}

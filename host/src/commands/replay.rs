@@ -22,6 +22,13 @@ impl AlertSink for Unused {
     fn submit(&self, _alerts: Vec<Alert>) {}
 }
 
+/// A batch handed to the workers, whose alerts are still to be printed.
+struct Pending {
+    rx: crossbeam_channel::Receiver<Vec<Alert>>,
+    events: usize,
+    cluster: Arc<str>,
+}
+
 pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let config = Arc::new(super::load_config(&args.rules)?);
     let inputs = expand_inputs(&args.paths)?;
@@ -70,18 +77,15 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let mut skipped_total = 0usize;
     let mut by_rule: BTreeMap<String, usize> = BTreeMap::new();
     let mut alerts_total = 0usize;
-    // Batches in flight, oldest first: alerts are printed in input order
-    // while the workers evaluate in parallel. The window bounds what is
-    // queued; the reader's channel bounds what is read ahead of it.
-    let mut pending: VecDeque<(crossbeam_channel::Receiver<Vec<Alert>>, usize)> = VecDeque::new();
+    // Batches in flight, oldest first, with their cluster: alerts are
+    // printed in input order while the workers evaluate in parallel. The
+    // window bounds what is queued; the reader's channel bounds what is read
+    // ahead of it.
+    let mut pending: VecDeque<Pending> = VecDeque::new();
     let window = config.engine.worker_count() * 2;
 
-    let mut finish_one = |pending: &mut VecDeque<(
-        crossbeam_channel::Receiver<Vec<Alert>>,
-        usize,
-    )>|
-     -> anyhow::Result<()> {
-        if let Some((rx, n)) = pending.pop_front() {
+    let mut finish_one = |pending: &mut VecDeque<Pending>| -> anyhow::Result<()> {
+        if let Some(Pending { rx, events: n, .. }) = pending.pop_front() {
             let alerts = rx
                 .recv()
                 .map_err(|_| anyhow::anyhow!("an evaluation worker stopped"))?;
@@ -162,14 +166,23 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
                 if let Some(bar) = &progress {
                     bar.set_length(decoded.load(Ordering::Relaxed) as u64);
                 }
+                // The envelope's cluster where it names one.
+                let batch_cluster = batch_cluster.unwrap_or_else(|| cluster.clone());
+                // Stateful rules (sequences, first-seen) need a cluster's
+                // events in input order: a batch waits until the cluster's
+                // previous batch is evaluated. Clusters still run in
+                // parallel. Finishing the oldest first keeps the output in
+                // input order too.
+                while pending.iter().any(|p| p.cluster == batch_cluster) {
+                    finish_one(&mut pending)?;
+                }
                 let (tx, rx) = crossbeam_channel::bounded(1);
                 pipeline
                     .queue
                     .push(
                         Batch {
                             tenant: tenant.clone(),
-                            // The envelope's cluster where it names one.
-                            cluster: batch_cluster.unwrap_or_else(|| cluster.clone()),
+                            cluster: batch_cluster.clone(),
                             events,
                             reply: Some(tx),
                             journal: None,
@@ -177,7 +190,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
                         None,
                     )
                     .map_err(|e| anyhow::anyhow!("cannot queue events: {e}"))?;
-                pending.push_back((rx, n));
+                pending.push_back(Pending {
+                    rx,
+                    events: n,
+                    cluster: batch_cluster,
+                });
                 while pending.len() >= window {
                     finish_one(&mut pending)?;
                 }
