@@ -863,27 +863,13 @@ fn replay_streams_a_long_input_and_prints_every_alert_in_input_order() {
         text.push_str(&ev.to_string());
         text.push('\n');
     }
-    let file = dir.path().join("audit.log");
-    std::fs::write(&file, text).unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::copy(
-        root().join("example-rules/build/falco_k8s_audit.wasm"),
-        rules.join("falco_k8s_audit.wasm"),
-    )
-    .unwrap();
-    let config = dir.path().join("peregrine.toml");
-    std::fs::write(&config, "[engine]\nworkers = 2\nbatch_events = 7\n").unwrap();
-    let out = run(&[
-        "replay",
-        "-c",
-        config.to_str().unwrap(),
-        "--rules",
-        rules.to_str().unwrap(),
-        "--rule-matching",
-        "first",
-        file.to_str().unwrap(),
-    ]);
+    let out = replay_one_module(
+        dir.path(),
+        &text,
+        "falco_k8s_audit.wasm",
+        "[engine]\nworkers = 2\nbatch_events = 7\n",
+        &["--rule-matching", "first"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("replayed 3000 events from 1 input(s)"),
@@ -948,25 +934,13 @@ fn replay_gives_stateful_rules_each_clusters_events_in_input_order() {
         }
     }
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("audit.log");
-    std::fs::write(&file, text).unwrap();
-    let rules = dir.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::copy(
-        root().join("example-rules/build/k8s_threats.wasm"),
-        rules.join("k8s_threats.wasm"),
-    )
-    .unwrap();
-    let config = dir.path().join("peregrine.toml");
-    std::fs::write(&config, "[engine]\nworkers = 2\nbatch_events = 1\n").unwrap();
-    let out = run(&[
-        "replay",
-        "-c",
-        config.to_str().unwrap(),
-        "--rules",
-        rules.to_str().unwrap(),
-        file.to_str().unwrap(),
-    ]);
+    let out = replay_one_module(
+        dir.path(),
+        &text,
+        "k8s_threats.wasm",
+        "[engine]\nworkers = 2\nbatch_events = 1\n",
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let ids: Vec<String> = stdout_alerts(&out)
         .iter()
@@ -980,4 +954,30 @@ fn replay_gives_stateful_rules_each_clusters_events_in_input_order() {
         .collect();
     let expected: Vec<String> = (0..100).map(|i| format!("deploy-{i:03}")).collect();
     assert_eq!(ids, expected, "{}", stderr(&out));
+}
+
+/// `peregrine replay` of `text` (JSON lines) with one module of
+/// example-rules/build and the given configuration, in `dir`.
+fn replay_one_module(dir: &Path, text: &str, module: &str, config: &str, extra: &[&str]) -> Output {
+    let file = dir.join("audit.log");
+    std::fs::write(&file, text).unwrap();
+    let rules = dir.join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    std::fs::copy(
+        root().join("example-rules/build").join(module),
+        rules.join(module),
+    )
+    .unwrap();
+    let config_file = dir.join("peregrine.toml");
+    std::fs::write(&config_file, config).unwrap();
+    let mut args = vec![
+        "replay",
+        "-c",
+        config_file.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(file.to_str().unwrap());
+    run(&args)
 }

@@ -169,46 +169,10 @@ fn steady(
     bodies: &[Vec<u8>],
     seconds: u64,
 ) -> anyhow::Result<Vec<f64>> {
-    use std::io::{Read, Write};
     let mut conn = std::net::TcpStream::connect(addr).context("cannot connect to the server")?;
     conn.set_nodelay(true)?;
     let mut post = |body: &[u8]| -> anyhow::Result<u16> {
-        let head = format!(
-            "POST /k8s-audit HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        conn.write_all(head.as_bytes())?;
-        conn.write_all(body)?;
-        let mut buf = Vec::with_capacity(1024);
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = conn.read(&mut chunk)?;
-            anyhow::ensure!(n > 0, "the server closed the connection");
-            buf.extend_from_slice(&chunk[..n]);
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                continue;
-            };
-            let head = std::str::from_utf8(&buf[..end]).context("response head is not UTF-8")?;
-            let status: u16 = head
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .context("no status in the response")?;
-            let length = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse::<usize>().ok())?
-                })
-                .context("response without Content-Length")?;
-            while buf.len() < end + 4 + length {
-                let n = conn.read(&mut chunk)?;
-                anyhow::ensure!(n > 0, "the server closed the connection");
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Ok(status);
-        }
+        Ok(super::soak::request(&mut conn, "POST", "/k8s-audit", body)?.0)
     };
     let period = Duration::from_secs(1) / LATENCY_RATE_HZ;
     let warmup = 5usize;

@@ -150,8 +150,9 @@ fn body(lines: &[String], k: usize) -> Vec<u8> {
     Stream::event_list(&batch)
 }
 
-/// One blocking HTTP/1.1 request on a keep-alive connection; the status.
-fn request(
+/// One blocking HTTP/1.1 request on a keep-alive connection; the status
+/// and the body.
+pub(super) fn request(
     conn: &mut std::net::TcpStream,
     method: &str,
     path: &str,
