@@ -215,14 +215,11 @@ impl HttpClient {
             let mut body = Vec::new();
             let mut incoming = response.into_body();
             while let Some(frame) = incoming.frame().await {
-                let frame = frame
-                    .map_err(|e| format!("{method} {}: {}", redact(url), error_chain(&e)))?;
+                let frame =
+                    frame.map_err(|e| format!("{method} {}: {}", redact(url), error_chain(&e)))?;
                 if let Some(chunk) = frame.data_ref() {
                     if body.len() + chunk.len() > max {
-                        return Err(format!(
-                            "{method} {}: answer over {max} bytes",
-                            redact(url)
-                        ));
+                        return Err(format!("{method} {}: answer over {max} bytes", redact(url)));
                     }
                     body.extend_from_slice(chunk);
                 }

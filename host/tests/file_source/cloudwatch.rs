@@ -16,7 +16,9 @@ use ring::hmac;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::support::*;
+use super::support::{
+    Running, base_config, event, field, fixture, metric, request, rules_dir, start_with_env,
+};
 
 const KEY_ID: &str = "AKIDEXAMPLE";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
@@ -145,7 +147,10 @@ async fn filter_log_events(
     }
     if request["logGroupName"] != GROUP || request["logStreamNamePrefix"] != "kube-apiserver-audit"
     {
-        return error("ResourceNotFoundException", "The specified log group does not exist.");
+        return error(
+            "ResourceNotFoundException",
+            "The specified log group does not exist.",
+        );
     }
     let start = request["startTime"].as_i64().unwrap_or(0);
     // The token names where the page starts, for this startTime only.
@@ -221,12 +226,15 @@ fn config(work: &Path, rules: &Path, endpoint: &str, extra: &str) -> std::path::
         &path,
         format!(
             "{base}[tenants.ops]\ntokens = [\"ops-token-0123456789ab\"]\n\n\
-             [outputs.archive]\ntype = \"file\"\npath = \"{alerts}\"\n\n{extra}\n\
+             [delivery]\nspool_dir = \"{spool}\"\n\n\
+             [outputs.archive]\ntype = \"file\"\npath = \"{alerts}\"\n\n\
+             [[routes]]\noutputs = [\"archive\"]\n\n{extra}\n\
              [[sources]]\ntype = \"cloudwatch\"\ntenant = \"ops\"\ncluster = \"prod-eu\"\n\
              region = \"{REGION}\"\nendpoint = \"{endpoint}\"\nstart_at = \"beginning\"\n\
              poll_interval_ms = 50\npage_size = 100\n",
             base = base_config(work, rules),
             alerts = work.join("alerts.jsonl").display(),
+            spool = work.join("spool").display(),
         ),
     )
     .unwrap();
@@ -249,6 +257,29 @@ fn echoed(work: &Path) -> Vec<String> {
         .collect()
 }
 
+/// [`wait_until`], showing the server's log and the stand-in's requests
+/// when it times out.
+fn wait_for(srv: &Running, stand: &Shared, what: &str, pred: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !pred() {
+        if std::time::Instant::now() > deadline {
+            let requests: Vec<String> = stand
+                .lock()
+                .unwrap()
+                .requests
+                .iter()
+                .map(|(valid, r)| format!("signed right: {valid}, {r}"))
+                .collect();
+            panic!(
+                "timed out waiting for {what}\nrequests:\n{}\nlogs:\n{}",
+                requests.join("\n"),
+                srv.logs()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn counter(srv: &Running, name: &str, labels: &[(&str, &str)]) -> f64 {
     let m = request("GET", &srv.url("/metrics"), &[], None).body;
     metric(&m, name, labels).unwrap_or(0.0)
@@ -266,25 +297,59 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
     for i in 0..10 {
         let id = format!("cw{i:02}");
         // Two events a millisecond: the position's id set is needed.
-        push_event(&stand, BASE_MS + i / 2, &format!("e{i}"), audit_line(&id, "ns"));
+        push_event(
+            &stand,
+            BASE_MS + i / 2,
+            &format!("e{i}"),
+            audit_line(&id, "ns"),
+        );
         want.push(id);
     }
-    push_event(&stand, BASE_MS + 5, "poison", "kube-apiserver: not JSON at all".into());
+    push_event(
+        &stand,
+        BASE_MS + 5,
+        "poison",
+        "kube-apiserver: not JSON at all".into(),
+    );
     // The same audit event delivered twice (another log event id).
     push_event(&stand, BASE_MS + 5, "again", audit_line("cw03", "ns"));
     let endpoint = serve(stand.clone());
     let rules = rules_dir(work.path(), &[fixture("fixture_echo.wasm")]);
     let srv = start_with_env(&config(work.path(), &rules, &endpoint, ""), ENV);
     let source = format!("cloudwatch:{GROUP}");
-    wait_until("every event's alert in the file output", || {
-        let seen = echoed(work.path());
-        want.iter().all(|id| seen.contains(id))
-    });
-    wait_until("the poisoned record and the duplicate counted", || {
-        counter(&srv, "peregrine_source_records_total", &[("source", &source), ("outcome", "rejected")]) >= 1.0
-            && counter(&srv, "peregrine_source_records_total", &[("source", &source), ("outcome", "duplicate")]) >= 1.0
-    });
-    let errors = |kind| counter(&srv, "peregrine_source_errors_total", &[("source", &source), ("kind", kind)]);
+    wait_for(
+        &srv,
+        &stand,
+        "every event's alert in the file output",
+        || {
+            let seen = echoed(work.path());
+            want.iter().all(|id| seen.contains(id))
+        },
+    );
+    wait_for(
+        &srv,
+        &stand,
+        "the poisoned record and the duplicate counted",
+        || {
+            counter(
+                &srv,
+                "peregrine_source_records_total",
+                &[("source", &source), ("outcome", "rejected")],
+            ) >= 1.0
+                && counter(
+                    &srv,
+                    "peregrine_source_records_total",
+                    &[("source", &source), ("outcome", "duplicate")],
+                ) >= 1.0
+        },
+    );
+    let errors = |kind| {
+        counter(
+            &srv,
+            "peregrine_source_errors_total",
+            &[("source", &source), ("kind", kind)],
+        )
+    };
     assert_eq!(errors("throttled"), 1.0);
     assert_eq!(errors("expired_credentials"), 1.0);
     assert_eq!(errors("bad_credentials"), 0.0);
@@ -294,7 +359,10 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
     assert_eq!(seen, want, "every event once at least, and nothing else");
     {
         let s = stand.lock().unwrap();
-        assert!(s.requests.iter().all(|(valid, _)| *valid), "every request signed right");
+        assert!(
+            s.requests.iter().all(|(valid, _)| *valid),
+            "every request signed right"
+        );
         assert!(
             s.requests.iter().any(|(_, r)| r["nextToken"].is_string()),
             "the pages were followed"
@@ -311,7 +379,12 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
     assert_eq!(position["timestamp_ms"], BASE_MS + 5);
     // Later polls start at the saved millisecond and skip what it holds.
     assert!(
-        stand.lock().unwrap().requests.iter().any(|(_, r)| r["startTime"] == BASE_MS + 5)
+        stand
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|(_, r)| r["startTime"] == BASE_MS + 5)
     );
     let logs = srv.logs();
     assert!(!logs.contains(SECRET), "the secret key never reaches a log");
@@ -321,13 +394,23 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
     let wrong = "wrong-secret-wrong-secret-0000000000000000";
     let srv = start_with_env(
         &config(work.path(), &rules, &endpoint, ""),
-        &[("AWS_ACCESS_KEY_ID", KEY_ID), ("AWS_SECRET_ACCESS_KEY", wrong)],
+        &[
+            ("AWS_ACCESS_KEY_ID", KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", wrong),
+        ],
     );
-    wait_until("the refused credentials counted", || {
-        counter(&srv, "peregrine_source_errors_total", &[("source", &source), ("kind", "bad_credentials")]) >= 1.0
+    wait_for(&srv, &stand, "the refused credentials counted", || {
+        counter(
+            &srv,
+            "peregrine_source_errors_total",
+            &[("source", &source), ("kind", "bad_credentials")],
+        ) >= 1.0
     });
     let logs = srv.logs();
-    assert!(logs.contains("InvalidSignatureException") && logs.contains(KEY_ID), "{logs}");
+    assert!(
+        logs.contains("InvalidSignatureException") && logs.contains(KEY_ID),
+        "{logs}"
+    );
     assert!(!logs.contains(wrong), "the secret key never reaches a log");
 }
 
@@ -345,7 +428,11 @@ fn a_killed_process_loses_no_cloudwatch_event() {
     let add = |range: std::ops::Range<i64>, want: &mut Vec<String>| {
         for i in range {
             let id = format!("k{i:04}");
-            let ns = if i < 400 && i % 50 == 25 { "spin" } else { "calm" };
+            let ns = if i < 400 && i % 50 == 25 {
+                "spin"
+            } else {
+                "calm"
+            };
             push_event(&stand, BASE_MS + i, &format!("e{i}"), audit_line(&id, ns));
             want.push(id);
         }
@@ -354,7 +441,10 @@ fn a_killed_process_loses_no_cloudwatch_event() {
     let endpoint = serve(stand.clone());
     let rules = rules_dir(
         work.path(),
-        &[fixture("fixture_echo.wasm"), fixture("fixture_spin_loop.wasm")],
+        &[
+            fixture("fixture_echo.wasm"),
+            fixture("fixture_spin_loop.wasm"),
+        ],
     );
     let with = |deadline_ms: u64| {
         config(
@@ -369,16 +459,21 @@ fn a_killed_process_loses_no_cloudwatch_event() {
     };
     let srv = start_with_env(&with(3_600_000), ENV);
     let positions = work.path().join("sources");
-    wait_until("the source to save a position past the first page", || {
-        std::fs::read_dir(&positions).is_ok_and(|d| {
-            d.filter_map(Result::ok).any(|e| {
-                std::fs::read_to_string(e.path()).is_ok_and(|t| {
-                    serde_json::from_str::<Value>(&t)
-                        .is_ok_and(|p| p["timestamp_ms"].as_i64().is_some_and(|t| t > BASE_MS))
+    wait_for(
+        &srv,
+        &stand,
+        "the source to save a position past the first page",
+        || {
+            std::fs::read_dir(&positions).is_ok_and(|d| {
+                d.filter_map(Result::ok).any(|e| {
+                    std::fs::read_to_string(e.path()).is_ok_and(|t| {
+                        serde_json::from_str::<Value>(&t)
+                            .is_ok_and(|p| p["timestamp_ms"].as_i64().is_some_and(|t| t > BASE_MS))
+                    })
                 })
             })
-        })
-    });
+        },
+    );
     srv.kill();
     let before = echoed(work.path());
     assert!(
@@ -389,10 +484,15 @@ fn a_killed_process_loses_no_cloudwatch_event() {
     add(1500..1600, &mut want);
 
     let srv = start_with_env(&with(250), ENV);
-    wait_until("every event's alert in the file output after the restart", || {
-        let seen = echoed(work.path());
-        want.iter().all(|id| seen.contains(id))
-    });
+    wait_for(
+        &srv,
+        &stand,
+        "every event's alert in the file output after the restart",
+        || {
+            let seen = echoed(work.path());
+            want.iter().all(|id| seen.contains(id))
+        },
+    );
     let mut seen = echoed(work.path());
     seen.sort();
     seen.dedup();

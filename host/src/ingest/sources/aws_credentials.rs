@@ -52,8 +52,7 @@ fn env(name: &str) -> Option<String> {
 impl Provider {
     /// Looks at the environment once; `sts` is the STS endpoint to use.
     pub(crate) fn from_env(sts: url::Url) -> Result<Self, CredentialsError> {
-        if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
-        {
+        if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
             let creds = Credentials {
                 access_key_id: id,
                 secret_access_key: secret,
@@ -94,7 +93,10 @@ impl Provider {
     }
 
     /// Credentials valid for a while yet, assuming the role if needed.
-    pub(crate) async fn get(&mut self, client: &HttpClient) -> Result<Credentials, CredentialsError> {
+    pub(crate) async fn get(
+        &mut self,
+        client: &HttpClient,
+    ) -> Result<Credentials, CredentialsError> {
         let now = time::OffsetDateTime::now_utc();
         if let Some((c, expiry)) = &self.current {
             if expiry.is_none_or(|e| e - RENEW_BEFORE > now) {
@@ -160,7 +162,8 @@ fn error_code(body: &[u8]) -> String {
 
 /// The credentials of an `AssumeRoleWithWebIdentity` JSON answer.
 fn parse_assumed(body: &[u8]) -> Result<(Credentials, Option<time::OffsetDateTime>), String> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| "the answer is not JSON".to_string())?;
+    let v: Value =
+        serde_json::from_slice(body).map_err(|_| "the answer is not JSON".to_string())?;
     let c = v
         .pointer("/AssumeRoleWithWebIdentityResponse/AssumeRoleWithWebIdentityResult/Credentials")
         .ok_or("the answer holds no Credentials")?;
@@ -187,9 +190,7 @@ fn parse_assumed(body: &[u8]) -> Result<(Credentials, Option<time::OffsetDateTim
             session_token: Some(field("SessionToken")?),
         },
         // Without a readable expiry, renew within the hour STS grants by default.
-        Some(expiry.unwrap_or_else(|| {
-            time::OffsetDateTime::now_utc() + Duration::from_secs(3600)
-        })),
+        Some(expiry.unwrap_or_else(|| time::OffsetDateTime::now_utc() + Duration::from_secs(3600))),
     ))
 }
 

@@ -234,24 +234,30 @@ impl CloudWatchSource {
             Some(p) => p.clone(),
             None => super::default_position_file(journal_dir.as_deref(), "cloudwatch", &key)
                 .ok_or_else(|| {
-                    anyhow::anyhow!("source {name}: no place for its position file (set position_file)")
+                    anyhow::anyhow!(
+                        "source {name}: no place for its position file (set position_file)"
+                    )
                 })?,
         };
         if let Some(dir) = position_file.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| anyhow::anyhow!("source {name}: cannot create {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                anyhow::anyhow!("source {name}: cannot create {}: {e}", dir.display())
+            })?;
         }
-        let tenant = app
-            .tenants
-            .get(&config.tenant)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("source {name}: unknown tenant `{}`", config.tenant))?;
+        let tenant =
+            app.tenants.get(&config.tenant).cloned().ok_or_else(|| {
+                anyhow::anyhow!("source {name}: unknown tenant `{}`", config.tenant)
+            })?;
         let cluster: Arc<str> = match &config.cluster {
             Some(c) => c.as_str().into(),
             None => tenant.cluster.clone(),
         };
-        let url = config.url().map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
-        let sts = config.sts_url().map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
+        let url = config
+            .url()
+            .map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
+        let sts = config
+            .sts_url()
+            .map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
         let credentials =
             Provider::from_env(sts).map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
         let http = client(&TlsConfig::default(), config.timeout_ms)
@@ -364,7 +370,9 @@ impl Poller {
                     match e {
                         PollError::Throttled => {
                             count_error(&self.name, "throttled");
-                            tracing::info!("throttled by CloudWatch Logs: next call in {backoff:?}");
+                            tracing::info!(
+                                "throttled by CloudWatch Logs: next call in {backoff:?}"
+                            );
                         }
                         PollError::Expired => {
                             count_error(&self.name, "expired_credentials");
@@ -406,9 +414,7 @@ impl Poller {
             count_records(&self.name, "rejected", page.poisoned);
             self.take(page.events)?;
             match page.next_token {
-                Some(t) if !t.is_empty() && token.as_deref() != Some(t.as_str()) => {
-                    token = Some(t)
-                }
+                Some(t) if !t.is_empty() && token.as_deref() != Some(t.as_str()) => token = Some(t),
                 _ => return Ok(()),
             }
             if !self.stopped.is_empty() {
@@ -593,12 +599,16 @@ fn api_error(status: u16, answer: &[u8], creds: &Credentials) -> PollError {
             "HTTP 403 for access key id {}: {message}",
             creds.access_key_id
         )),
-        "ResourceNotFoundException" => {
-            PollError::Other("not_found", format!("the log group is not there: {message}"))
-        }
+        "ResourceNotFoundException" => PollError::Other(
+            "not_found",
+            format!("the log group is not there: {message}"),
+        ),
         _ => PollError::Other(
             "http",
-            format!("FilterLogEvents answered HTTP {status} {}: {message}", shown(kind)),
+            format!(
+                "FilterLogEvents answered HTTP {status} {}: {message}",
+                shown(kind)
+            ),
         ),
     }
 }
@@ -617,7 +627,10 @@ fn parse_page(answer: &[u8]) -> Result<Page, String> {
     let mut page = Page {
         events: Vec::with_capacity(events.len()),
         poisoned: 0,
-        next_token: v.get("nextToken").and_then(Value::as_str).map(str::to_string),
+        next_token: v
+            .get("nextToken")
+            .and_then(Value::as_str)
+            .map(str::to_string),
     };
     for e in events {
         let timestamp = e.get("timestamp").and_then(Value::as_i64);
@@ -677,14 +690,23 @@ mod tests {
         };
         let e = |status, body: &str| api_error(status, body.as_bytes(), &creds);
         assert!(matches!(
-            e(400, r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#),
+            e(
+                400,
+                r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#
+            ),
             PollError::Throttled
         ));
         assert!(matches!(
-            e(400, r#"{"__type":"com.amazon.coral.service#ExpiredTokenException"}"#),
+            e(
+                400,
+                r#"{"__type":"com.amazon.coral.service#ExpiredTokenException"}"#
+            ),
             PollError::Expired
         ));
-        match e(400, r#"{"__type":"UnrecognizedClientException","message":"bad"}"#) {
+        match e(
+            400,
+            r#"{"__type":"UnrecognizedClientException","message":"bad"}"#,
+        ) {
             PollError::Refused(why) => {
                 assert!(why.contains("AKIDEXAMPLE"));
                 assert!(!why.contains("SECRETKEY") && !why.contains("SESSIONTOKEN"));

@@ -313,9 +313,10 @@ pub fn start_pulls(
     let mut out = Vec::new();
     for s in &config.sources {
         match s {
-            SourceConfig::File(f) => {
-                out.push(Running::File(file::FileSource::start(f.clone(), app.clone())?))
-            }
+            SourceConfig::File(f) => out.push(Running::File(file::FileSource::start(
+                f.clone(),
+                app.clone(),
+            )?)),
             SourceConfig::CloudWatch(c) => out.push(Running::CloudWatch(
                 cloudwatch::CloudWatchSource::start(c.clone(), app.clone())?,
             )),
@@ -338,7 +339,10 @@ pub(crate) fn default_position_file(
         None => crate::paths::xdg_dir("XDG_DATA_HOME", ".local/share")?.join("peregrine"),
     };
     let digest = hex::encode(Sha256::digest(key.as_bytes()));
-    Some(base.join("sources").join(format!("{kind}-{}.json", &digest[..16])))
+    Some(
+        base.join("sources")
+            .join(format!("{kind}-{}.json", &digest[..16])),
+    )
 }
 
 /// Per-source counters, labelled with the source's name.
