@@ -41,6 +41,19 @@ struct Stand {
     faults: Vec<&'static str>,
     /// Every request: (signature valid, body).
     requests: Vec<(bool, Value)>,
+    /// Keys it takes: (key id, secret, session token).
+    keys: Vec<(String, String, Option<String>)>,
+    /// `AssumeRoleWithWebIdentity` calls answered.
+    assumed: usize,
+}
+
+fn stand(page_size: usize, faults: Vec<&'static str>) -> Shared {
+    Arc::new(Mutex::new(Stand {
+        page_size,
+        faults,
+        keys: vec![(KEY_ID.into(), SECRET.into(), None)],
+        ..Stand::default()
+    }))
 }
 
 type Shared = Arc<Mutex<Stand>>;
@@ -53,7 +66,11 @@ fn hmac_sha256(key: &[u8], data: &str) -> Vec<u8> {
 
 /// Checks the `Authorization` header as AWS documents SigV4: the
 /// canonical request from the signed headers, the scope, the derived key.
-fn signature_valid(headers: &HeaderMap, body: &[u8]) -> bool {
+fn signature_valid(
+    headers: &HeaderMap,
+    body: &[u8],
+    keys: &[(String, String, Option<String>)],
+) -> bool {
     let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return false;
     };
@@ -69,11 +86,21 @@ fn signature_valid(headers: &HeaderMap, body: &[u8]) -> bool {
     let (credential, signed, signature) =
         (part("Credential"), part("SignedHeaders"), part("Signature"));
     let scope_parts: Vec<&str> = credential.split('/').collect();
-    if scope_parts.len() != 5
-        || scope_parts[0] != KEY_ID
-        || scope_parts[2] != REGION
-        || scope_parts[3] != "logs"
-    {
+    let Some((_, secret, token)) = keys
+        .iter()
+        .find(|(id, _, _)| scope_parts.first() == Some(&id.as_str()))
+    else {
+        return false;
+    };
+    if let Some(token) = token {
+        let sent = headers
+            .get("x-amz-security-token")
+            .and_then(|v| v.to_str().ok());
+        if sent != Some(token.as_str()) || !signed.split(';').any(|h| h == "x-amz-security-token") {
+            return false;
+        }
+    }
+    if scope_parts.len() != 5 || scope_parts[2] != REGION || scope_parts[3] != "logs" {
         return false;
     }
     for needed in ["content-type", "host", "x-amz-date", "x-amz-target"] {
@@ -102,7 +129,7 @@ fn signature_valid(headers: &HeaderMap, body: &[u8]) -> bool {
         "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
         hex::encode(Sha256::digest(canonical.as_bytes()))
     );
-    let mut key = format!("AWS4{SECRET}").into_bytes();
+    let mut key = format!("AWS4{secret}").into_bytes();
     for step in &scope_parts[1..] {
         key = hmac_sha256(&key, step);
     }
@@ -114,9 +141,9 @@ async fn filter_log_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
-    let valid = signature_valid(&headers, &body);
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut s = stand.lock().unwrap();
+    let valid = signature_valid(&headers, &body, &s.keys);
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     s.requests.push((valid, request.clone()));
     let error = |kind: &str, message: &str| {
         (
@@ -185,6 +212,45 @@ async fn filter_log_events(
     (StatusCode::OK, answer.to_string())
 }
 
+/// STS `AssumeRoleWithWebIdentity` (query protocol, JSON answer): each
+/// call hands out new temporary keys.
+async fn assume_role(State(stand): State<Shared>, body: Bytes) -> (StatusCode, String) {
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(&body).into_owned().collect();
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if get("Action") != "AssumeRoleWithWebIdentity"
+        || get("RoleArn") != ROLE_ARN
+        || get("WebIdentityToken") != WEB_TOKEN
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            json!({"Error": {"Code": "InvalidIdentityToken", "Message": "no"}}).to_string(),
+        );
+    }
+    let mut s = stand.lock().unwrap();
+    s.assumed += 1;
+    let n = s.assumed;
+    let (id, secret, token) = (
+        format!("ASIATEMP{n}"),
+        format!("temp-secret-{n}"),
+        format!("temp-session-token-{n}"),
+    );
+    s.keys
+        .push((id.clone(), secret.clone(), Some(token.clone())));
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let answer = json!({"AssumeRoleWithWebIdentityResponse": {"AssumeRoleWithWebIdentityResult": {
+        "Credentials": {"AccessKeyId": id, "SecretAccessKey": secret,
+                        "SessionToken": token, "Expiration": expiry}}}});
+    (StatusCode::OK, answer.to_string())
+}
+
+const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/peregrine-audit-reader";
+const WEB_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.web-identity-token.sig";
+
 /// The stand-in on an ephemeral port, on its own runtime thread.
 fn serve(stand: Shared) -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -198,6 +264,7 @@ fn serve(stand: Shared) -> String {
         rt.block_on(async move {
             let app = axum::Router::new()
                 .route("/", axum::routing::post(filter_log_events))
+                .route("/sts", axum::routing::post(assume_role))
                 .with_state(stand);
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             axum::serve(listener, app).await.unwrap();
@@ -221,6 +288,16 @@ fn push_event(stand: &Shared, timestamp: i64, id: &str, message: String) {
 }
 
 fn config(work: &Path, rules: &Path, endpoint: &str, extra: &str) -> std::path::PathBuf {
+    config_with(work, rules, endpoint, extra, "")
+}
+
+fn config_with(
+    work: &Path,
+    rules: &Path,
+    endpoint: &str,
+    extra: &str,
+    source: &str,
+) -> std::path::PathBuf {
     let path = work.join("peregrine.toml");
     std::fs::write(
         &path,
@@ -231,7 +308,7 @@ fn config(work: &Path, rules: &Path, endpoint: &str, extra: &str) -> std::path::
              [[routes]]\noutputs = [\"archive\"]\n\n{extra}\n\
              [[sources]]\ntype = \"cloudwatch\"\ntenant = \"ops\"\ncluster = \"prod-eu\"\n\
              region = \"{REGION}\"\nendpoint = \"{endpoint}\"\nstart_at = \"beginning\"\n\
-             poll_interval_ms = 50\npage_size = 100\n",
+             poll_interval_ms = 50\npage_size = 100\n{source}",
             base = base_config(work, rules),
             alerts = work.join("alerts.jsonl").display(),
             spool = work.join("spool").display(),
@@ -288,11 +365,7 @@ fn counter(srv: &Running, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[test]
 fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record() {
     let work = tempfile::tempdir().unwrap();
-    let stand: Shared = Arc::new(Mutex::new(Stand {
-        page_size: 4,
-        faults: vec!["throttle", "expired"],
-        ..Stand::default()
-    }));
+    let stand = stand(4, vec!["throttle", "expired"]);
     let mut want = Vec::new();
     for i in 0..10 {
         let id = format!("cw{i:02}");
@@ -417,10 +490,7 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
 #[test]
 fn a_killed_process_loses_no_cloudwatch_event() {
     let work = tempfile::tempdir().unwrap();
-    let stand: Shared = Arc::new(Mutex::new(Stand {
-        page_size: 100,
-        ..Stand::default()
-    }));
+    let stand = stand(100, Vec::new());
     // As for the file source: eight events early on spin their rule, for
     // an hour in the first run (the worker is held while the source reads
     // and journals pages), to 250 ms in the second.
@@ -498,4 +568,65 @@ fn a_killed_process_loses_no_cloudwatch_event() {
     seen.dedup();
     assert_eq!(seen, want, "at least once: no event lost");
     drop(srv);
+}
+
+#[test]
+fn web_identity_credentials_are_assumed_and_renewed_when_they_expire() {
+    let work = tempfile::tempdir().unwrap();
+    let stand = stand(100, vec!["expired"]);
+    let want: Vec<String> = (0..3).map(|i| format!("wi{i}")).collect();
+    for (i, id) in want.iter().enumerate() {
+        push_event(
+            &stand,
+            BASE_MS + i as i64,
+            &format!("e{i}"),
+            audit_line(id, "ns"),
+        );
+    }
+    let endpoint = serve(stand.clone());
+    let token_file = work.path().join("token");
+    std::fs::write(&token_file, WEB_TOKEN).unwrap();
+    let rules = rules_dir(work.path(), &[fixture("fixture_echo.wasm")]);
+    let config = config_with(
+        work.path(),
+        &rules,
+        &endpoint,
+        "",
+        &format!("sts_endpoint = \"{endpoint}sts\"\n"),
+    );
+    let srv = start_with_env(
+        &config,
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.to_str().unwrap()),
+            ("AWS_ROLE_ARN", ROLE_ARN),
+        ],
+    );
+    wait_for(
+        &srv,
+        &stand,
+        "every event's alert in the file output",
+        || {
+            let seen = echoed(work.path());
+            want.iter().all(|id| seen.contains(id))
+        },
+    );
+    let source = format!("cloudwatch:{GROUP}");
+    assert_eq!(
+        counter(
+            &srv,
+            "peregrine_source_errors_total",
+            &[("source", &source), ("kind", "expired_credentials")]
+        ),
+        1.0
+    );
+    let s = stand.lock().unwrap();
+    assert_eq!(s.assumed, 2, "assumed at start, and again after the expiry");
+    assert!(
+        s.requests.iter().all(|(valid, _)| *valid),
+        "every request signed with the temporary keys"
+    );
+    let logs = srv.logs();
+    for secret in ["temp-secret-", "temp-session-token-", WEB_TOKEN] {
+        assert!(!logs.contains(secret), "{secret} reached the log");
+    }
 }
