@@ -98,10 +98,10 @@ impl Provider {
         client: &HttpClient,
     ) -> Result<Credentials, CredentialsError> {
         let now = time::OffsetDateTime::now_utc();
-        if let Some((c, expiry)) = &self.current {
-            if expiry.is_none_or(|e| e - RENEW_BEFORE > now) {
-                return Ok(c.clone());
-            }
+        if let Some((c, expiry)) = &self.current
+            && expiry.is_none_or(|e| e - RENEW_BEFORE > now)
+        {
+            return Ok(c.clone());
         }
         let Origin::WebIdentity {
             token_file,
@@ -149,10 +149,10 @@ impl Provider {
 /// The error code of an STS answer (JSON or XML), never its whole body.
 fn error_code(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    if let Ok(v) = serde_json::from_str::<Value>(&text) {
-        if let Some(code) = v.pointer("/Error/Code").and_then(Value::as_str) {
-            return crate::ingest::envelope::shown(code);
-        }
+    if let Ok(v) = serde_json::from_str::<Value>(&text)
+        && let Some(code) = v.pointer("/Error/Code").and_then(Value::as_str)
+    {
+        return crate::ingest::envelope::shown(code);
     }
     match (text.find("<Code>"), text.find("</Code>")) {
         (Some(a), Some(b)) if a + 6 <= b => crate::ingest::envelope::shown(&text[a + 6..b]),
