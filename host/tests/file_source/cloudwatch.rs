@@ -442,23 +442,32 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
         );
         assert!(s.requests.iter().all(|(_, r)| r["limit"] == 100));
     }
-    let position = std::fs::read_dir(work.path().join("sources"))
+    // The position is saved once the journal holds the last page, and the
+    // next polls start at its millisecond and skip what it holds.
+    let position = || -> Option<Value> {
+        let e = std::fs::read_dir(work.path().join("sources"))
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().starts_with("cloudwatch-"))?;
+        serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()
+    };
+    wait_for(&srv, &stand, "a poll from the saved position", || {
+        position().is_some_and(|p| p["timestamp_ms"] == BASE_MS + 5)
+            && stand
+                .lock()
+                .unwrap()
+                .requests
+                .iter()
+                .any(|(_, r)| r["startTime"] == BASE_MS + 5)
+    });
+    let mut ids: Vec<String> = position().unwrap()["event_ids"]
+        .as_array()
         .unwrap()
-        .filter_map(Result::ok)
-        .find(|e| e.file_name().to_string_lossy().starts_with("cloudwatch-"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap())
-        .expect("a position file");
-    let position: Value = serde_json::from_str(&position).unwrap();
-    assert_eq!(position["timestamp_ms"], BASE_MS + 5);
-    // Later polls start at the saved millisecond and skip what it holds.
-    assert!(
-        stand
-            .lock()
-            .unwrap()
-            .requests
-            .iter()
-            .any(|(_, r)| r["startTime"] == BASE_MS + 5)
-    );
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["again", "poison"]);
     let logs = srv.logs();
     assert!(!logs.contains(SECRET), "the secret key never reaches a log");
     drop(srv);
