@@ -458,16 +458,28 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
                 .unwrap()
                 .requests
                 .iter()
-                .any(|(_, r)| r["startTime"] == BASE_MS + 5)
+                .any(|(_, r)| r["startTime"] == BASE_MS + 5 - 60_000)
+    });
+    // An event CloudWatch ingests late, older than the position but within
+    // the look-back window, is still read.
+    push_event(&stand, BASE_MS + 2, "late", audit_line("cwlate", "ns"));
+    wait_for(&srv, &stand, "the late event's alert", || {
+        echoed(work.path()).contains(&"cwlate".to_string())
+    });
+    wait_for(&srv, &stand, "the late event in the saved position", || {
+        position().is_some_and(|p| p["event_ids"]["late"] == BASE_MS + 2)
     });
     let mut ids: Vec<String> = position().unwrap()["event_ids"]
-        .as_array()
+        .as_object()
         .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
+        .keys()
+        .cloned()
         .collect();
     ids.sort();
-    assert_eq!(ids, ["again", "poison"]);
+    let mut all: Vec<String> = (0..10).map(|i| format!("e{i}")).collect();
+    all.extend(["again", "late", "poison"].map(String::from));
+    all.sort();
+    assert_eq!(ids, all, "every id of the window is remembered");
     let logs = srv.logs();
     assert!(!logs.contains(SECRET), "the secret key never reaches a log");
     drop(srv);

@@ -5,9 +5,11 @@
 //! Each poll asks for the events from the saved position's timestamp on
 //! and follows `nextToken` to the last page. Each page's events go to the
 //! pipeline, and only once the journal holds them is the position saved:
-//! the newest timestamp taken, with the ids of the events taken at that
-//! millisecond (`startTime` is inclusive, so those come back and are
-//! skipped). A `kill -9` at any moment loses nothing; at worst a page is
+//! the newest timestamp taken, with the ids of the events taken in the
+//! `lookback_ms` before it. Each poll asks from that window's start and
+//! skips those ids, so an event CloudWatch ingests late (each apiserver
+//! writes its own stream) is still read if its timestamp is within the
+//! window. A `kill -9` at any moment loses nothing; at worst a page is
 //! read twice, and the dedup by `auditID` drops what it still remembers.
 //!
 //! The API's throttling backs the source off (doubling, to 30 s); expired
@@ -16,7 +18,7 @@
 //! trying at the longest back-off. A log event whose message is not an
 //! audit Event is counted and skipped; its siblings are kept.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -40,8 +42,9 @@ const TARGET: &str = "Logs_20140328.FilterLogEvents";
 const MAX_ANSWER: usize = 8 << 20;
 /// Pages followed in one poll; the next poll goes on from the position.
 const MAX_PAGES_PER_POLL: usize = 1000;
-/// Ids remembered at the position's millisecond; more only means re-reads.
-const MAX_IDS_AT_POSITION: usize = 10_000;
+/// Ids remembered in the look-back window; the oldest beyond it are
+/// forgotten, which only means re-reads (dropped by the deduplication).
+const MAX_IDS: usize = 50_000;
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -88,6 +91,11 @@ pub struct CloudWatchSourceConfig {
     /// Timeout of one API call.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// How far before the newest event taken each poll asks again, for
+    /// events CloudWatch ingests late (another apiserver's stream); the ids
+    /// already taken in that window are skipped.
+    #[serde(default = "default_lookback_ms")]
+    pub lookback_ms: u64,
 }
 
 fn default_prefix() -> String {
@@ -98,6 +106,9 @@ fn default_poll_ms() -> u64 {
 }
 fn default_timeout_ms() -> u64 {
     30_000
+}
+fn default_lookback_ms() -> u64 {
+    60_000
 }
 
 impl CloudWatchSourceConfig {
@@ -154,6 +165,9 @@ impl CloudWatchSourceConfig {
         if self.page_size.is_some_and(|n| !(1..=10_000).contains(&n)) {
             return Err("page_size must be between 1 and 10000".into());
         }
+        if self.lookback_ms > 3_600_000 {
+            return Err("lookback_ms must be at most 3600000".into());
+        }
         if !(100..=600_000).contains(&self.timeout_ms) {
             return Err("timeout_ms must be between 100 and 600000".into());
         }
@@ -168,32 +182,39 @@ impl CloudWatchSourceConfig {
 struct Position {
     /// The newest event timestamp taken, in milliseconds since the epoch.
     timestamp_ms: i64,
-    /// The `eventId`s taken at that millisecond.
-    event_ids: BTreeSet<String>,
+    /// The `eventId`s taken in the look-back window before it, with their
+    /// timestamps: a poll asks again from the window's start and skips them.
+    event_ids: BTreeMap<String, i64>,
 }
 
 impl Position {
-    /// Moves past `taken` (timestamp, id) pairs.
-    fn advance(&mut self, taken: &[(i64, String)]) {
-        let Some(newest) = taken.iter().map(|(t, _)| *t).max() else {
-            return;
-        };
-        if newest > self.timestamp_ms {
-            self.timestamp_ms = newest;
-            self.event_ids.clear();
+    /// Moves past `taken` (timestamp, id) pairs, remembering the ids
+    /// within `lookback_ms` of the newest.
+    fn advance(&mut self, taken: &[(i64, String)], lookback_ms: i64) {
+        for (t, id) in taken {
+            self.timestamp_ms = self.timestamp_ms.max(*t);
+            self.event_ids.insert(id.clone(), *t);
         }
-        if newest == self.timestamp_ms {
-            for (_, id) in taken.iter().filter(|(t, _)| *t == newest) {
-                if self.event_ids.len() >= MAX_IDS_AT_POSITION {
-                    break;
-                }
-                self.event_ids.insert(id.clone());
-            }
+        let oldest = self.timestamp_ms.saturating_sub(lookback_ms);
+        self.event_ids.retain(|_, t| *t >= oldest);
+        if self.event_ids.len() > MAX_IDS {
+            let mut by_time: Vec<(i64, String)> = std::mem::take(&mut self.event_ids)
+                .into_iter()
+                .map(|(id, t)| (t, id))
+                .collect();
+            by_time.sort_unstable_by(|a, b| b.cmp(a));
+            by_time.truncate(MAX_IDS);
+            self.event_ids = by_time.into_iter().map(|(t, id)| (id, t)).collect();
         }
     }
 
-    fn seen(&self, timestamp: i64, id: &str) -> bool {
-        timestamp == self.timestamp_ms && self.event_ids.contains(id)
+    fn seen(&self, id: &str) -> bool {
+        self.event_ids.contains_key(id)
+    }
+
+    /// Where the next poll starts.
+    fn start(&self, lookback_ms: i64) -> i64 {
+        self.timestamp_ms.saturating_sub(lookback_ms).max(0)
     }
 }
 
@@ -269,7 +290,7 @@ impl CloudWatchSource {
                     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
                 }
             },
-            event_ids: BTreeSet::new(),
+            event_ids: BTreeMap::new(),
         });
         let (stop, stopped) = crossbeam_channel::bounded(1);
         let mut poller = Poller {
@@ -407,7 +428,7 @@ impl Poller {
 
     /// Reads every page from the position on.
     async fn poll_once(&mut self) -> Result<(), PollError> {
-        let start = self.position.timestamp_ms;
+        let start = self.position.start(self.config.lookback_ms as i64);
         let mut token: Option<String> = None;
         for _ in 0..MAX_PAGES_PER_POLL {
             let page = self.call(start, token.as_deref()).await?;
@@ -459,7 +480,7 @@ impl Poller {
     fn take(&mut self, events: Vec<(i64, String, String)>) -> Result<(), PollError> {
         let fresh: Vec<_> = events
             .into_iter()
-            .filter(|(t, id, _)| !self.position.seen(*t, id))
+            .filter(|(_, id, _)| !self.position.seen(id))
             .collect();
         if fresh.is_empty() {
             return Ok(());
@@ -471,7 +492,8 @@ impl Poller {
         }
         self.submit(&body)?;
         let taken: Vec<(i64, String)> = fresh.into_iter().map(|(t, id, _)| (t, id)).collect();
-        self.position.advance(&taken);
+        self.position
+            .advance(&taken, self.config.lookback_ms as i64);
         save_position(&self.position_file, &self.position)
             .map_err(|e| PollError::Other("io", format!("cannot save the position: {e}")))?;
         metrics::gauge!("peregrine_source_position_seconds", "source" => self.name.clone())
@@ -654,17 +676,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_position_keeps_the_ids_of_its_millisecond() {
+    fn the_position_keeps_the_ids_of_its_look_back_window() {
         let mut p = Position::default();
-        p.advance(&[(5, "a".into()), (7, "b".into()), (7, "c".into())]);
+        p.advance(&[(5, "a".into()), (7, "b".into()), (7, "c".into())], 0);
         assert_eq!(p.timestamp_ms, 7);
-        assert!(p.seen(7, "b") && p.seen(7, "c") && !p.seen(5, "a") && !p.seen(7, "d"));
-        p.advance(&[(7, "d".into())]);
-        assert!(p.seen(7, "b") && p.seen(7, "d"));
-        p.advance(&[(6, "e".into())]);
+        assert!(p.seen("b") && p.seen("c") && !p.seen("a") && !p.seen("d"));
+        assert_eq!(p.start(0), 7);
+        p.advance(&[(6, "e".into())], 10);
         assert_eq!(p.timestamp_ms, 7);
-        p.advance(&[(9, "f".into())]);
-        assert!(!p.seen(7, "b") && p.seen(9, "f"));
+        assert!(p.seen("e") && p.seen("b"));
+        p.advance(&[(20, "f".into())], 10);
+        assert!(!p.seen("e") && !p.seen("b") && p.seen("f"));
+        assert_eq!(p.start(10), 10);
+        assert_eq!(p.start(100), 0);
+        let many: Vec<(i64, String)> = (0..MAX_IDS as i64 + 10)
+            .map(|i| (100 + i, format!("m{i}")))
+            .collect();
+        p.advance(&many, 1 << 40);
+        assert_eq!(p.event_ids.len(), MAX_IDS);
+        assert!(!p.seen("m0") && p.seen(&format!("m{}", MAX_IDS + 9)));
     }
 
     #[test]
