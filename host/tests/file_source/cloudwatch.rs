@@ -650,4 +650,7 @@ fn web_identity_credentials_are_assumed_and_renewed_when_they_expire() {
     for secret in ["temp-secret-", "temp-session-token-", WEB_TOKEN] {
         assert!(!logs.contains(secret), "{secret} reached the log");
     }
+    drop(s);
+    // SIGTERM: the source stops with the server, which exits cleanly.
+    srv.stop();
 }

@@ -465,11 +465,18 @@ impl Poller {
             .await
             .map_err(|e| PollError::Refused(e.to_string()))?;
         let headers = signed_headers(&creds, &self.config.region, &self.host, &body);
-        let (status, answer) = self
-            .http
-            .post(&self.url, &headers, body, MAX_ANSWER)
-            .await
-            .map_err(|e| PollError::Other("io", e))?;
+        // A stop does not wait for a slow answer (up to `timeout_ms`).
+        let stopped = async {
+            while self.stopped.is_empty() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let (status, answer) = tokio::select! {
+            r = self.http.post(&self.url, &headers, body, MAX_ANSWER) => {
+                r.map_err(|e| PollError::Other("io", e))?
+            }
+            () = stopped => return Err(PollError::Shutdown),
+        };
         if status != 200 {
             return Err(api_error(status, &answer, &creds));
         }
