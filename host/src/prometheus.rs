@@ -308,6 +308,11 @@ fn describe() {
         "Offset a file source has handed over and saved, in its current file."
     );
     describe_gauge!(
+        "peregrine_source_position_seconds",
+        metrics::Unit::Seconds,
+        "Newest event timestamp a CloudWatch source has handed over and saved (Unix seconds)."
+    );
+    describe_gauge!(
         "peregrine_source_lag_bytes",
         metrics::Unit::Bytes,
         "Bytes written to a file source's file and not handed over yet."

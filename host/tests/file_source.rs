@@ -2,9 +2,13 @@
 //! through what the apiserver's log rotation and an operator do to it: a
 //! line written in two parts, a rename and a new file, a truncation, a
 //! malformed line, a stop with a rotation while stopped, and a `kill -9`
-//! in the middle of a stream, after which nothing is lost.
+//! in the middle of a stream, after which nothing is lost. The CloudWatch
+//! Logs pull source is tested here too ([`cloudwatch`]).
 
 mod support;
+
+#[path = "file_source/cloudwatch.rs"]
+mod cloudwatch;
 
 use std::io::Write;
 use std::path::Path;

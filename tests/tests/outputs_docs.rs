@@ -93,7 +93,8 @@ fn full_config() -> Value {
          [[rules.sources]]\ntype = \"oci\"\nreference = \"127.0.0.1:5000/rules/x:1\"\n\
          [[sources]]\ntype = \"file\"\npath = \"/var/log/audit.log\"\n\
          [[sources]]\ntype = \"firehose\"\n\
-         [[sources]]\ntype = \"pubsub_push\"\naudience = \"a\"\n",
+         [[sources]]\ntype = \"pubsub_push\"\naudience = \"a\"\n\
+         [[sources]]\ntype = \"cloudwatch\"\nregion = \"us-east-1\"\ncluster = \"c\"\n",
     );
     for (kind, body) in minimal_outputs() {
         toml.push_str(&format!("[outputs.o_{kind}]\ntype = \"{kind}\"\n{body}\n"));
@@ -147,7 +148,10 @@ fn configuration_md_documents_exactly_the_keys_of_every_section() {
         "`tls = { ... }` of the HTTP outputs".into(),
         c["outputs"]["o_webhook"]["tls"].clone(),
     );
-    for (i, kind) in ["file", "firehose", "pubsub_push"].iter().enumerate() {
+    for (i, kind) in ["file", "firehose", "pubsub_push", "cloudwatch"]
+        .iter()
+        .enumerate()
+    {
         expected.insert(
             format!("`type = \"{kind}\"` source"),
             c["sources"][i].clone(),

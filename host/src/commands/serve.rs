@@ -26,7 +26,7 @@ pub struct Server {
     pipeline: Option<Pipeline>,
     _watcher: Option<RulesWatcher>,
     _pollers: Pollers,
-    file_sources: Vec<crate::ingest::sources::file::FileSource>,
+    file_sources: Vec<crate::ingest::sources::Running>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -112,7 +112,7 @@ impl Server {
             journal,
             push: Arc::new(crate::ingest::sources::PushSources::from_config(&config)?),
         });
-        let file_sources = crate::ingest::sources::start_files(&config, &state)?;
+        let file_sources = crate::ingest::sources::start_pulls(&config, &state)?;
         let listener = tokio::net::TcpListener::bind(config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;

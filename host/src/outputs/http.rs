@@ -161,32 +161,65 @@ impl HttpClient {
     /// GETs `url` (keys to fetch, not alerts to send): the status and at
     /// most `max` bytes of the body, within the client's timeout.
     pub(crate) async fn get(&self, url: &url::Url, max: usize) -> Result<(u16, Vec<u8>), String> {
+        self.exchange(hyper::Method::GET, url, &[], Vec::new(), max)
+            .await
+    }
+
+    /// POSTs `body` with `headers` (an API call of a pull source): the
+    /// status and at most `max` bytes of the answer, within the timeout.
+    pub(crate) async fn post(
+        &self,
+        url: &url::Url,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+        max: usize,
+    ) -> Result<(u16, Vec<u8>), String> {
+        self.exchange(hyper::Method::POST, url, headers, body, max)
+            .await
+    }
+
+    async fn exchange(
+        &self,
+        method: hyper::Method,
+        url: &url::Url,
+        headers: &[(&'static str, String)],
+        body: Vec<u8>,
+        max: usize,
+    ) -> Result<(u16, Vec<u8>), String> {
         let uri: hyper::Uri = url
             .as_str()
             .parse()
             .map_err(|e| format!("{}: {e}", redact(url)))?;
-        let mut req = hyper::Request::get(uri)
-            .body(Full::new(Bytes::new()))
+        let mut req = hyper::Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("{}: {e}", redact(url)))?;
         req.headers_mut().insert(
             USER_AGENT,
             HeaderValue::from_static(concat!("peregrine/", env!("CARGO_PKG_VERSION"))),
         );
+        for (name, value) in headers {
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| format!("{method} {}: header {name} is not valid", redact(url)))?;
+            req.headers_mut()
+                .insert(HeaderName::from_static(name), value);
+        }
         let exchange = async {
             let response = self
                 .inner
                 .request(req)
                 .await
-                .map_err(|e| format!("GET {}: {}", redact(url), error_chain(&e)))?;
+                .map_err(|e| format!("{method} {}: {}", redact(url), error_chain(&e)))?;
             let status = response.status().as_u16();
             let mut body = Vec::new();
             let mut incoming = response.into_body();
             while let Some(frame) = incoming.frame().await {
                 let frame =
-                    frame.map_err(|e| format!("GET {}: {}", redact(url), error_chain(&e)))?;
+                    frame.map_err(|e| format!("{method} {}: {}", redact(url), error_chain(&e)))?;
                 if let Some(chunk) = frame.data_ref() {
                     if body.len() + chunk.len() > max {
-                        return Err(format!("GET {}: answer over {max} bytes", redact(url)));
+                        return Err(format!("{method} {}: answer over {max} bytes", redact(url)));
                     }
                     body.extend_from_slice(chunk);
                 }
@@ -196,7 +229,7 @@ impl HttpClient {
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(r) => r,
             Err(_) => Err(format!(
-                "GET {}: no answer within {} ms",
+                "{method} {}: no answer within {} ms",
                 redact(url),
                 self.timeout.as_millis()
             )),

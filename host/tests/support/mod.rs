@@ -89,10 +89,16 @@ impl Drop for Running {
 /// Starts `peregrine serve -c <config>`, waits for its address, and
 /// collects its stdout (alerts) and stderr (logs) lines.
 pub fn start(config: &Path) -> Running {
+    start_with_env(config, &[])
+}
+
+/// [`start`] with extra environment variables (credentials of a source).
+pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Running {
     let mut child = Command::new(env!("CARGO_BIN_EXE_peregrine"))
         .args(["serve", "--no-watch", "-c"])
         .arg(config)
         .env("PEREGRINE_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

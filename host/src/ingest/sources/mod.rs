@@ -1,6 +1,8 @@
 //! `[[sources]]`: inputs other than the audit webhook, each feeding the same
 //! pipeline (tenant, cluster, dedup, journal, queue):
 //! - `file`: tails a kube-apiserver `--audit-log-path` ([`file`]);
+//! - `cloudwatch`: pulls an EKS cluster's audit log from CloudWatch Logs
+//!   (`FilterLogEvents`, SigV4-signed) ([`cloudwatch`]);
 //! - `firehose`: settings of `POST /ingest/firehose/<tenant>`, Amazon Data
 //!   Firehose's HTTP endpoint delivery (EKS through CloudWatch Logs);
 //! - `pubsub_push`: settings of `POST /ingest/pubsub/<tenant>`, a Pub/Sub
@@ -10,10 +12,13 @@
 //! and with its tokens; an entry names the cluster, the metrics label and,
 //! for Pub/Sub, the identity the pushes must carry.
 
+pub(crate) mod aws_credentials;
+pub(crate) mod cloudwatch;
 pub(crate) mod file;
+pub(crate) mod sigv4;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::PeregrineConfig;
 use crate::tenants::{CLUSTER_NAME_RULE, DEFAULT_TENANT, valid_cluster_name};
 
+pub use cloudwatch::CloudWatchSourceConfig;
 pub use file::{FileSourceConfig, StartAt};
 
 /// One `[[sources]]` entry; `type` selects the kind.
@@ -28,6 +34,8 @@ pub use file::{FileSourceConfig, StartAt};
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SourceConfig {
     File(FileSourceConfig),
+    #[serde(rename = "cloudwatch")]
+    CloudWatch(CloudWatchSourceConfig),
     Firehose(FirehoseSourceConfig),
     PubsubPush(PubsubPushConfig),
 }
@@ -103,6 +111,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::File(_) => "file",
+            SourceConfig::CloudWatch(_) => "cloudwatch",
             SourceConfig::Firehose(_) => "firehose",
             SourceConfig::PubsubPush(_) => "pubsub_push",
         }
@@ -111,6 +120,7 @@ impl SourceConfig {
     pub fn tenant(&self) -> &str {
         match self {
             SourceConfig::File(c) => &c.tenant,
+            SourceConfig::CloudWatch(c) => &c.tenant,
             SourceConfig::Firehose(c) => &c.tenant,
             SourceConfig::PubsubPush(c) => &c.tenant,
         }
@@ -119,6 +129,7 @@ impl SourceConfig {
     pub fn cluster(&self) -> Option<&str> {
         match self {
             SourceConfig::File(c) => c.cluster.as_deref(),
+            SourceConfig::CloudWatch(c) => c.cluster.as_deref(),
             SourceConfig::Firehose(c) => c.cluster.as_deref(),
             SourceConfig::PubsubPush(c) => c.cluster.as_deref(),
         }
@@ -128,6 +139,7 @@ impl SourceConfig {
     pub fn name(&self) -> String {
         match self {
             SourceConfig::File(c) => c.name(),
+            SourceConfig::CloudWatch(c) => c.name(),
             SourceConfig::Firehose(c) => c
                 .name
                 .clone()
@@ -180,6 +192,7 @@ pub fn validate(config: &PeregrineConfig) -> Result<(), String> {
         }
         match s {
             SourceConfig::File(f) => f.validate().map_err(|e| format!("{at}: {e}"))?,
+            SourceConfig::CloudWatch(c) => c.validate().map_err(|e| format!("{at}: {e}"))?,
             SourceConfig::Firehose(_) | SourceConfig::PubsubPush(_) => {
                 if let Some(j) = push.insert((s.kind(), tenant.to_string()), i) {
                     return Err(format!(
@@ -233,7 +246,7 @@ impl PushSources {
                     };
                     out.pubsub.insert(p.tenant.clone(), (p.clone(), verifier));
                 }
-                SourceConfig::File(_) => {}
+                SourceConfig::File(_) | SourceConfig::CloudWatch(_) => {}
             }
         }
         Ok(out)
@@ -276,18 +289,60 @@ impl PushSources {
     }
 }
 
-/// Starts every `type = "file"` source.
-pub fn start_files(
+/// A running pull source (a file, CloudWatch Logs).
+pub enum Running {
+    File(file::FileSource),
+    CloudWatch(cloudwatch::CloudWatchSource),
+}
+
+impl Running {
+    /// Stops after the batch in hand; what was not saved is read again.
+    pub fn stop(self) {
+        match self {
+            Running::File(s) => s.stop(),
+            Running::CloudWatch(s) => s.stop(),
+        }
+    }
+}
+
+/// Starts every pull source (`file`, `cloudwatch`).
+pub fn start_pulls(
     config: &PeregrineConfig,
     app: &Arc<crate::server::AppState>,
-) -> anyhow::Result<Vec<file::FileSource>> {
+) -> anyhow::Result<Vec<Running>> {
     let mut out = Vec::new();
     for s in &config.sources {
-        if let SourceConfig::File(f) = s {
-            out.push(file::FileSource::start(f.clone(), app.clone())?);
+        match s {
+            SourceConfig::File(f) => out.push(Running::File(file::FileSource::start(
+                f.clone(),
+                app.clone(),
+            )?)),
+            SourceConfig::CloudWatch(c) => out.push(Running::CloudWatch(
+                cloudwatch::CloudWatchSource::start(c.clone(), app.clone())?,
+            )),
+            SourceConfig::Firehose(_) | SourceConfig::PubsubPush(_) => {}
         }
     }
     Ok(out)
+}
+
+/// A position file's default place: `sources/<kind>-<hash of key>.json`
+/// beside the journal directory (else in the data directory).
+pub(crate) fn default_position_file(
+    journal_dir: Option<&Path>,
+    kind: &str,
+    key: &str,
+) -> Option<PathBuf> {
+    use sha2::{Digest, Sha256};
+    let base = match journal_dir {
+        Some(j) => j.parent().map(Path::to_path_buf)?,
+        None => crate::paths::xdg_dir("XDG_DATA_HOME", ".local/share")?.join("peregrine"),
+    };
+    let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    Some(
+        base.join("sources")
+            .join(format!("{kind}-{}.json", &digest[..16])),
+    )
 }
 
 /// Per-source counters, labelled with the source's name.
