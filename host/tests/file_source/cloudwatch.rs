@@ -45,6 +45,9 @@ struct Stand {
     keys: Vec<(String, String, Option<String>)>,
     /// `AssumeRoleWithWebIdentity` calls answered.
     assumed: usize,
+    /// Pages from this offset on are answered only once the gate opens.
+    hold_from: Option<usize>,
+    gate: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 fn stand(page_size: usize, faults: Vec<&'static str>) -> Shared {
@@ -141,6 +144,22 @@ async fn filter_log_events(
     headers: HeaderMap,
     body: Bytes,
 ) -> (StatusCode, String) {
+    let asked: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let page_at = asked["nextToken"]
+        .as_str()
+        .and_then(|t| t.split_once(':'))
+        .and_then(|(_, o)| o.parse::<usize>().ok())
+        .unwrap_or(0);
+    let gate = {
+        let s = stand.lock().unwrap();
+        match s.hold_from {
+            Some(h) if page_at >= h => s.gate.clone(),
+            _ => None,
+        }
+    };
+    if let Some(mut gate) = gate {
+        let _ = gate.wait_for(|open| *open).await;
+    }
     let mut s = stand.lock().unwrap();
     let valid = signature_valid(&headers, &body, &s.keys);
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
@@ -512,6 +531,14 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
 fn a_killed_process_loses_no_cloudwatch_event() {
     let work = tempfile::tempdir().unwrap();
     let stand = stand(100, Vec::new());
+    // The first run is killed in the middle of a pagination: the sixth page
+    // is held back until the gate opens.
+    let (open, gate) = tokio::sync::watch::channel(false);
+    {
+        let mut s = stand.lock().unwrap();
+        s.hold_from = Some(500);
+        s.gate = Some(gate);
+    }
     // As for the file source: eight events early on spin their rule, for
     // an hour in the first run (the worker is held while the source reads
     // and journals pages), to 250 ms in the second.
@@ -550,22 +577,23 @@ fn a_killed_process_loses_no_cloudwatch_event() {
     };
     let srv = start_with_env(&with(3_600_000), ENV);
     let positions = work.path().join("sources");
-    wait_for(
-        &srv,
-        &stand,
-        "the source to save a position past the first page",
-        || {
-            std::fs::read_dir(&positions).is_ok_and(|d| {
-                d.filter_map(Result::ok).any(|e| {
-                    std::fs::read_to_string(e.path()).is_ok_and(|t| {
-                        serde_json::from_str::<Value>(&t)
-                            .is_ok_and(|p| p["timestamp_ms"].as_i64().is_some_and(|t| t > BASE_MS))
-                    })
-                })
-            })
-        },
-    );
+    let saved = || -> Option<i64> {
+        let e = std::fs::read_dir(&positions)
+            .ok()?
+            .filter_map(Result::ok)
+            .next()?;
+        let p: Value = serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
+        p["timestamp_ms"].as_i64()
+    };
+    wait_for(&srv, &stand, "five pages saved, the sixth held", || {
+        saved() == Some(BASE_MS + 499)
+    });
     srv.kill();
+    assert_eq!(
+        saved(),
+        Some(BASE_MS + 499),
+        "killed in the middle of the pages"
+    );
     let before = echoed(work.path());
     assert!(
         before.len() < want.len(),
@@ -573,6 +601,7 @@ fn a_killed_process_loses_no_cloudwatch_event() {
     );
     // Events logged while it was down come after the saved position.
     add(1500..1600, &mut want);
+    open.send(true).unwrap();
 
     let srv = start_with_env(&with(250), ENV);
     wait_for(
