@@ -98,6 +98,14 @@ pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Running {
         .args(["serve", "--no-watch", "-c"])
         .arg(config)
         .env("PEREGRINE_LOG", "info")
+        // The AWS credential chain reads these first: the runner's own must
+        // not stand in for the ones a test gives.
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_ROLE_ARN")
+        .env_remove("AWS_ROLE_SESSION_NAME")
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
