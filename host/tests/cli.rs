@@ -491,8 +491,13 @@ fn serve_check_config_validates_and_exits() {
 
 // ---- managed-cluster envelopes ----
 
+/// A file of the peer suite, beside the audit corpus in the shared directory.
 fn panther(path: &str) -> PathBuf {
-    root().join("../shared/peer-suites/panther-k8s").join(path)
+    std::env::var_os("PEREGRINE_AUDIT_CORPUS")
+        .map(|c| PathBuf::from(c).join(".."))
+        .unwrap_or_else(|| root().join("../shared"))
+        .join("peer-suites/panther-k8s")
+        .join(path)
 }
 
 fn read_json(path: &Path) -> serde_json::Value {

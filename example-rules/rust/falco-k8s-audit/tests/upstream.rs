@@ -19,8 +19,8 @@ fn rules_file() -> PathBuf {
     let path = std::env::var_os("PEREGRINE_FALCO_RULES")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            common::manifest_dir()
-                .join("../../../../shared/upstream/falco-k8saudit-0.18.0/k8s_audit_rules.yaml")
+            // `upstream/` sits beside the audit corpus in the shared directory.
+            common::corpus_dir().join("../upstream/falco-k8saudit-0.18.0/k8s_audit_rules.yaml")
         });
     assert!(
         path.is_file(),

@@ -32,8 +32,13 @@ fn event(id: &str) -> Value {
            "user": {"username": "alice"}})
 }
 
+/// The peer suite, beside the audit corpus in the shared directory
+/// (`$PEREGRINE_AUDIT_CORPUS/..`, else `../shared` next to the checkout).
 fn panther() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/peer-suites/panther-k8s")
+    std::env::var_os("PEREGRINE_AUDIT_CORPUS")
+        .map(|c| PathBuf::from(c).join(".."))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"))
+        .join("peer-suites/panther-k8s")
 }
 
 fn read_json(p: &std::path::Path) -> Value {
