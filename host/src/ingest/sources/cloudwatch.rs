@@ -218,23 +218,6 @@ impl Position {
     }
 }
 
-fn load_position(path: &Path) -> Option<Position> {
-    let text = std::fs::read_to_string(path).ok()?;
-    match serde_json::from_str(&text) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::error!(file = %path.display(), "unreadable position file, ignored: {e}");
-            None
-        }
-    }
-}
-
-fn save_position(path: &Path, p: &Position) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(p).map_err(std::io::Error::other)?)?;
-    std::fs::rename(&tmp, path)
-}
-
 /// A running CloudWatch source; [`CloudWatchSource::stop`] stops it.
 pub struct CloudWatchSource {
     stop: crossbeam_channel::Sender<()>,
@@ -283,7 +266,7 @@ impl CloudWatchSource {
             Provider::from_env(sts).map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
         let http = client(&TlsConfig::default(), config.timeout_ms)
             .map_err(|e| anyhow::anyhow!("source {name}: {e}"))?;
-        let position = load_position(&position_file).unwrap_or_else(|| Position {
+        let position = super::load_position(&position_file).unwrap_or_else(|| Position {
             timestamp_ms: match config.start_at {
                 StartAt::Beginning => 0,
                 StartAt::End => {
@@ -501,7 +484,7 @@ impl Poller {
         let taken: Vec<(i64, String)> = fresh.into_iter().map(|(t, id, _)| (t, id)).collect();
         self.position
             .advance(&taken, self.config.lookback_ms as i64);
-        save_position(&self.position_file, &self.position)
+        super::save_position(&self.position_file, &self.position)
             .map_err(|e| PollError::Other("io", format!("cannot save the position: {e}")))?;
         metrics::gauge!("peregrine_source_position_seconds", "source" => self.name.clone())
             .set(self.position.timestamp_ms as f64 / 1000.0);

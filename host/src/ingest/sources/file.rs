@@ -115,23 +115,6 @@ struct Position {
     offset: u64,
 }
 
-fn load_position(path: &Path) -> Option<Position> {
-    let text = std::fs::read_to_string(path).ok()?;
-    match serde_json::from_str(&text) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            tracing::error!(file = %path.display(), "unreadable position file, ignored: {e}");
-            None
-        }
-    }
-}
-
-fn save_position(path: &Path, p: &Position) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec(p).map_err(std::io::Error::other)?)?;
-    std::fs::rename(&tmp, path)
-}
-
 /// A running file source; dropping it does not stop it, [`FileSource::stop`] does.
 pub struct FileSource {
     stop: crossbeam_channel::Sender<()>,
@@ -278,7 +261,7 @@ impl Tail {
     /// Opens the file at the saved position, or where `start_at` says.
     /// `false` when the file is not there yet.
     fn open_file(&mut self) -> Result<bool, Stop> {
-        let saved = load_position(&self.position_file);
+        let saved = super::load_position(&self.position_file);
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
@@ -347,7 +330,7 @@ impl Tail {
             inode: o.inode,
             offset: o.offset,
         };
-        save_position(&self.position_file, &p).map_err(Stop::Io)?;
+        super::save_position(&self.position_file, &p).map_err(Stop::Io)?;
         metrics::gauge!("peregrine_source_position_bytes", "source" => self.name.clone())
             .set(o.offset as f64);
         Ok(())

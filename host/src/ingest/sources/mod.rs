@@ -367,3 +367,24 @@ pub(crate) fn record_lag(source: &str, events: &[peregrine_sdk::audit::AuditEven
     metrics::gauge!("peregrine_source_lag_seconds", "source" => source.to_string())
         .set(((now - newest) as f64 / 1e9).max(0.0));
 }
+
+/// A source's saved position, or `None` when there is none yet or it cannot
+/// be read (logged: the source then starts as configured).
+pub(crate) fn load_position<P: serde::de::DeserializeOwned>(path: &Path) -> Option<P> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::error!(file = %path.display(), "unreadable position file, ignored: {e}");
+            None
+        }
+    }
+}
+
+/// Saves a source's position whole or not at all: written beside, then
+/// renamed over the old one.
+pub(crate) fn save_position<P: Serialize>(path: &Path, p: &P) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(p).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
+}
