@@ -261,7 +261,7 @@ impl Tail {
     /// Opens the file at the saved position, or where `start_at` says.
     /// `false` when the file is not there yet.
     fn open_file(&mut self) -> Result<bool, Stop> {
-        let saved = super::load_position(&self.position_file);
+        let saved: Option<Position> = super::load_position(&self.position_file);
         let meta = match std::fs::metadata(&self.path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
