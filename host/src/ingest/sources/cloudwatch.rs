@@ -19,7 +19,7 @@
 //! audit Event is counted and skipped; its siblings are kept.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
