@@ -1,6 +1,7 @@
 //! Peregrine: a detection host for Kubernetes audit logs.
 //!
-//! The pipeline, stage by stage: [`ingest`] (webhook, replay) ->
+//! [`app::Peregrine`] builds the whole process from a configuration. The
+//! pipeline, stage by stage: [`ingest`] (webhook, replay) ->
 //! [`evaluate`] (worker threads running the [`rules`] in the [`engine`]
 //! sandbox) -> [`router`] -> [`outputs`]; [`durable`] tells the ingest journal
 //! when a batch's alerts are safe in every output. [`reload`] keeps the live rules in step with
@@ -8,6 +9,7 @@
 
 pub mod alert;
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -20,7 +22,6 @@ pub mod ingest;
 pub mod oci;
 pub mod outputs;
 pub mod paths;
-pub mod pipeline;
 pub mod prometheus;
 pub mod reload;
 pub mod router;

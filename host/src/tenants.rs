@@ -320,6 +320,27 @@ impl Tenants {
         })
     }
 
+    /// Beyond loopback, an open API shows every tenant's alerts and an open
+    /// webhook takes anyone's events: allowed (a NetworkPolicy may guard the
+    /// port), but never silently.
+    pub(crate) fn warn_if_exposed(&self, addr: std::net::SocketAddr) {
+        if addr.ip().is_loopback() {
+            return;
+        }
+        if self.api_open() {
+            tracing::warn!(
+                "the API and UI on {addr} are open: anyone who can reach it reads every alert and module; \
+                 set auth.admin_tokens (or give tenants tokens) to require a token"
+            );
+        }
+        if self.default_open() {
+            tracing::warn!(
+                "the webhook POST /k8s-audit on {addr} takes events without a token: anyone who can reach it \
+                 can post audit events; give [tenants.default] tokens or set auth.default_tenant_open = false"
+            );
+        }
+    }
+
     /// Whether the API and UI answer without a token: only while no token
     /// at all is configured. Once a tenant has a token its alerts are its
     /// own, so the API is closed too, even without an admin token.

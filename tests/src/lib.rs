@@ -7,10 +7,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use peregrine::alert::Alert;
-use peregrine::commands::serve::Server;
+use peregrine::app::{Options, Peregrine};
 use peregrine::config::PeregrineConfig;
 use peregrine::evaluate::AlertSink;
-use peregrine::reload::RulesDir;
 use peregrine::rules::Scope;
 
 /// The workspace root.
@@ -215,7 +214,7 @@ impl Collector {
 
 /// A real server on 127.0.0.1, an ephemeral port, with its alerts collected.
 pub struct TestServer {
-    pub server: Option<Server>,
+    pub server: Option<Peregrine>,
     pub alerts: Collector,
     pub base: String,
     pub client: reqwest::Client,
@@ -231,21 +230,41 @@ impl TestServer {
     }
 
     pub async fn start_with(
-        config: PeregrineConfig,
+        mut config: PeregrineConfig,
         dirs: Vec<(Scope, tempfile::TempDir)>,
     ) -> TestServer {
         let alerts = Collector::default();
-        let rules_dirs = dirs
-            .iter()
-            .map(|(scope, d)| RulesDir {
-                scope: scope.clone(),
-                path: d.path().canonicalize().unwrap(),
-            })
-            .collect();
-        let server = Server::start(Arc::new(config), rules_dirs, Arc::new(alerts.clone()), true)
+        // As an operator would: global directories on the command line, a
+        // tenant's in its configuration.
+        let mut global = Vec::new();
+        for (scope, d) in &dirs {
+            match scope {
+                Scope::Global => global.push(d.path().to_path_buf()),
+                Scope::Tenant(id) => config
+                    .tenants
+                    .get_mut(id.as_ref())
+                    .unwrap_or_else(|| panic!("[tenants.{id}] must be configured for its rules"))
+                    .rules_dirs
+                    .push(d.path().to_path_buf()),
+            }
+        }
+        let listen = config.server.listen;
+        let mut server = Peregrine::build(
+            Arc::new(config),
+            Options {
+                rules: global,
+                alerts: Some(Arc::new(alerts.clone())),
+                watch: true,
+                require_all: false,
+            },
+        )
+        .await
+        .expect("server starts");
+        let addr = server
+            .serve(tokio::net::TcpListener::bind(listen).await.expect("listen"))
             .await
-            .expect("server starts");
-        let base = format!("http://{}", server.addr());
+            .expect("server serves");
+        let base = format!("http://{addr}");
         TestServer {
             server: Some(server),
             alerts,
@@ -379,15 +398,13 @@ pub fn evaluate_file(
     path: &Path,
 ) -> (Vec<Alert>, Vec<peregrine::ingest::Rejection>) {
     let dir = rules_dir(modules);
-    let dirs = vec![RulesDir {
-        scope: Scope::Global,
-        path: dir.path().canonicalize().unwrap(),
-    }];
-    let pipeline = peregrine::pipeline::Pipeline::start(
+    let app = Peregrine::evaluate_only(
         Arc::new(config),
-        dirs,
-        Arc::new(Collector::default()),
-        true,
+        Options {
+            rules: vec![dir.path().to_path_buf()],
+            require_all: true,
+            ..Options::default()
+        },
     )
     .expect("modules load");
     let decoded = peregrine::ingest::replay::read_input(
@@ -395,25 +412,13 @@ pub fn evaluate_file(
         3 << 20,
     )
     .expect("input readable");
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    if !decoded.events.is_empty() {
-        pipeline
-            .queue
-            .push(
-                peregrine::evaluate::Batch {
-                    tenant: "default".into(),
-                    cluster: "default".into(),
-                    events: decoded.events,
-                    reply: Some(tx),
-                    journal: None,
-                },
-                None,
-            )
-            .unwrap();
-        (rx.recv().unwrap(), decoded.rejected)
-    } else {
-        (Vec::new(), decoded.rejected)
+    if decoded.events.is_empty() {
+        return (Vec::new(), decoded.rejected);
     }
+    let alerts = app
+        .evaluate("default", "default", decoded.events)
+        .expect("evaluated");
+    (alerts, decoded.rejected)
 }
 
 /// Converts a JSON object into the TOML table a module's configuration is

@@ -47,8 +47,8 @@ async fn start(
     a: tempfile::TempDir,
     b: tempfile::TempDir,
 ) -> TestServer {
-    // Tenant directories are given to the server directly; the config only
-    // needs them for `serve`, which resolves them the same way.
+    // The tenants the directories belong to; TestServer adds each
+    // directory to its tenant's `rules_dirs`, as an operator would.
     config
         .tenants
         .entry("team-a".into())

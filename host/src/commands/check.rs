@@ -2,19 +2,11 @@
 
 use std::sync::Arc;
 
+use crate::app::{Options, Peregrine};
 use crate::cli::{CheckArgs, RuleArgs};
 use crate::config::PeregrineConfig;
-use crate::evaluate::AlertSink;
-use crate::pipeline::{Pipeline, rules_dirs};
 use crate::reload::ModuleStatus;
 use crate::tenants::Tenants;
-
-/// Modules loaded by `check` raise no alerts; the pipeline still wants a sink.
-struct Nowhere;
-
-impl AlertSink for Nowhere {
-    fn submit(&self, _alerts: Vec<crate::alert::Alert>) {}
-}
 
 pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
     let rule_args = RuleArgs {
@@ -60,9 +52,14 @@ pub(crate) fn verify(
     let failed_sources = check_sources(&config)?;
 
     let config = Arc::new(config);
-    let dirs = rules_dirs(&config, &args.rules)?;
-    let pipeline = Pipeline::start(config, dirs, Arc::new(Nowhere), false)?;
-    let report = pipeline.rules.report(None);
+    let app = Peregrine::evaluate_only(
+        config,
+        Options {
+            rules: args.rules.clone(),
+            ..Options::default()
+        },
+    )?;
+    let report = app.rules().report(None);
     let mut failed = 0;
     for m in &report {
         match m.status {

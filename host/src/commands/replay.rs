@@ -1,46 +1,35 @@
 //! `peregrine replay`
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use crate::alert::Alert;
+use crate::app::{Done, Options, Peregrine};
 use crate::cli::ReplayArgs;
-use crate::evaluate::{AlertSink, Batch};
 use crate::ingest::envelope::InputFormat;
 use crate::ingest::replay::{Item, ReadError, StreamOptions, expand_inputs, stream_inputs};
 use crate::outputs::stdout::StdoutOutput;
-use crate::pipeline::{Pipeline, rules_dirs};
-
-/// Replay sends every batch with its own reply channel, so this sink is
-/// never used; it exists because the pipeline requires one.
-struct Unused;
-
-impl AlertSink for Unused {
-    fn submit(&self, _alerts: Vec<Alert>) {}
-}
-
-/// A batch handed to the workers, whose alerts are still to be printed.
-struct Pending {
-    rx: crossbeam_channel::Receiver<Vec<Alert>>,
-    events: usize,
-    cluster: Arc<str>,
-}
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let config = Arc::new(super::load_config(&args.rules)?);
     let inputs = expand_inputs(&args.paths)?;
-    let dirs = rules_dirs(&config, &args.rules.rules)?;
-    let pipeline = Pipeline::start(config.clone(), dirs, Arc::new(Unused), true)?;
+    let app = Peregrine::evaluate_only(
+        config.clone(),
+        Options {
+            rules: args.rules.rules.clone(),
+            require_all: true,
+            ..Options::default()
+        },
+    )?;
     let out = StdoutOutput::new(config.output.format);
     let tenant: Arc<str> = args.tenant.as_str().into();
     let cluster: Arc<str> = match &args.cluster {
         Some(c) if crate::tenants::valid_cluster_name(c) => c.as_str().into(),
         Some(c) => anyhow::bail!("--cluster `{c}` {}", crate::tenants::CLUSTER_NAME_RULE),
-        None => pipeline
-            .tenants
+        None => app
+            .tenants()
             .get(&tenant)
             .map_or_else(|| tenant.clone(), |t| t.cluster.clone()),
     };
@@ -77,32 +66,24 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
     let mut skipped_total = 0usize;
     let mut by_rule: BTreeMap<String, usize> = BTreeMap::new();
     let mut alerts_total = 0usize;
-    // Batches in flight, oldest first, with their cluster: alerts are
-    // printed in input order while the workers evaluate in parallel. The
-    // window bounds what is queued; the reader's channel bounds what is read
-    // ahead of it.
-    let mut pending: VecDeque<Pending> = VecDeque::new();
+    // Alerts are printed in input order while the workers evaluate in
+    // parallel; the reader's channel bounds what is read ahead.
+    let mut order = app.in_order(&tenant);
     let window = config.engine.worker_count() * 2;
-
-    let mut finish_one = |pending: &mut VecDeque<Pending>| -> anyhow::Result<()> {
-        if let Some(Pending { rx, events: n, .. }) = pending.pop_front() {
-            let alerts = rx
-                .recv()
-                .map_err(|_| anyhow::anyhow!("an evaluation worker stopped"))?;
-            for a in &alerts {
-                *by_rule.entry(a.rule.clone()).or_default() += 1;
+    let mut print = |done: Done| -> anyhow::Result<()> {
+        for a in &done.alerts {
+            *by_rule.entry(a.rule.clone()).or_default() += 1;
+        }
+        alerts_total += done.alerts.len();
+        if let Err(e) = out.write(&done.alerts) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                // `peregrine replay ... | head` closed stdout: stop quietly.
+                std::process::exit(0);
             }
-            alerts_total += alerts.len();
-            if let Err(e) = out.write(&alerts) {
-                if e.kind() == std::io::ErrorKind::BrokenPipe {
-                    // `peregrine replay ... | head` closed stdout: stop quietly.
-                    std::process::exit(0);
-                }
-                return Err(e.into());
-            }
-            if let Some(bar) = &progress {
-                bar.inc(n as u64);
-            }
+            return Err(e.into());
+        }
+        if let Some(bar) = &progress {
+            bar.inc(done.events as u64);
         }
         Ok(())
     };
@@ -168,42 +149,11 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<i32> {
                 }
                 // The envelope's cluster where it names one.
                 let batch_cluster = batch_cluster.unwrap_or_else(|| cluster.clone());
-                // Stateful rules (sequences, first-seen) need a cluster's
-                // events in input order: a batch waits until the cluster's
-                // previous batch is evaluated. Clusters still run in
-                // parallel. Finishing the oldest first keeps the output in
-                // input order too.
-                while pending.iter().any(|p| p.cluster == batch_cluster) {
-                    finish_one(&mut pending)?;
-                }
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                pipeline
-                    .queue
-                    .push(
-                        Batch {
-                            tenant: tenant.clone(),
-                            cluster: batch_cluster.clone(),
-                            events,
-                            reply: Some(tx),
-                            journal: None,
-                        },
-                        None,
-                    )
-                    .map_err(|e| anyhow::anyhow!("cannot queue events: {e}"))?;
-                pending.push_back(Pending {
-                    rx,
-                    events: n,
-                    cluster: batch_cluster,
-                });
-                while pending.len() >= window {
-                    finish_one(&mut pending)?;
-                }
+                order.submit(batch_cluster, events, &mut print)?;
             }
         }
     }
-    while !pending.is_empty() {
-        finish_one(&mut pending)?;
-    }
+    order.finish(&mut print)?;
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("the input reader panicked"))?;

@@ -11,11 +11,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use peregrine::commands::serve::Server;
+use peregrine::app::{Options, Peregrine};
 use peregrine::config::PeregrineConfig;
-use peregrine::reload::RulesDir;
-use peregrine::router::AlertRouter;
-use peregrine::rules::Scope;
 use peregrine_tests::*;
 
 /// How long a test waits for something that should happen: generous, since
@@ -67,10 +64,10 @@ pub fn reserve_port() -> u16 {
     panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
-/// A server with the router and outputs its configuration describes.
+/// A server with the router and outputs its configuration describes, built
+/// as `serve` builds it.
 pub struct RoutedServer {
-    pub server: Option<Server>,
-    pub router: Arc<AlertRouter>,
+    pub server: Option<Peregrine>,
     pub base: String,
     pub client: reqwest::Client,
     _rules: tempfile::TempDir,
@@ -79,24 +76,23 @@ pub struct RoutedServer {
 impl RoutedServer {
     pub async fn start(config: PeregrineConfig, modules: &[PathBuf]) -> RoutedServer {
         let dir = rules_dir(modules);
-        let cfg = config.clone();
-        let router = Arc::new(
-            tokio::task::spawn_blocking(move || AlertRouter::start(&cfg))
-                .await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("outputs do not start: {e}")),
-        );
-        let dirs = vec![RulesDir {
-            scope: Scope::Global,
-            path: dir.path().canonicalize().unwrap(),
-        }];
-        let server = Server::start(Arc::new(config), dirs, router.clone(), false)
+        let listen = config.server.listen;
+        let mut server = Peregrine::build(
+            Arc::new(config),
+            Options {
+                rules: vec![dir.path().to_path_buf()],
+                ..Options::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("server does not start: {e:#}"));
+        let addr = server
+            .serve(tokio::net::TcpListener::bind(listen).await.unwrap())
             .await
-            .expect("server starts");
+            .expect("server serves");
         RoutedServer {
-            base: format!("http://{}", server.addr()),
+            base: format!("http://{addr}"),
             server: Some(server),
-            router,
             client: peregrine_tests::http_client(),
             _rules: dir,
         }
@@ -106,8 +102,7 @@ impl RoutedServer {
         self.server
             .as_ref()
             .unwrap()
-            .pipeline()
-            .evaluator
+            .evaluator()
             .hostname
             .to_string()
     }
@@ -175,10 +170,6 @@ impl RoutedServer {
         if let Some(s) = self.server.take() {
             s.shutdown().await.unwrap();
         }
-        let router = self.router.clone();
-        tokio::task::spawn_blocking(move || router.shutdown())
-            .await
-            .unwrap();
     }
 }
 

@@ -1,6 +1,6 @@
 //! Cold start: a fresh pipeline (engine, pooling allocator, epoch ticker,
 //! rule manager, workers) over a directory of N modules that are all in the
-//! compile cache, from `Pipeline::start` until every module is live. The
+//! compile cache, from the start of `Peregrine::evaluate_only` until every module is live. The
 //! modules are copies of the Falco pack, each with its own custom section,
 //! so N distinct digests and N cache entries; the cache is warmed by a
 //! first start that compiles them all.
@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::native::PACK_FILE;
-use super::{BenchEnv, CountingSink, median, rules_dir, with_custom_section};
-use crate::pipeline::Pipeline;
+use super::{BenchEnv, median, with_custom_section};
+use crate::app::Peregrine;
 
 pub(crate) struct ColdStartFigures {
     pub modules: usize,
@@ -33,14 +33,9 @@ pub(crate) fn run(env: &BenchEnv, n: usize) -> anyhow::Result<ColdStartFigures> 
     let config = Arc::new(config);
     let start = || -> anyhow::Result<f64> {
         let t = Instant::now();
-        let p = Pipeline::start(
-            config.clone(),
-            vec![rules_dir(&dir)?],
-            Arc::new(CountingSink::default()),
-            true,
-        )?;
+        let p = Peregrine::evaluate_only(config.clone(), super::options(vec![dir.to_path_buf()]))?;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
-        let live = p.rules.current().load().modules.len();
+        let live = p.rules().current().load().modules.len();
         anyhow::ensure!(live == n, "{live} of {n} modules went live");
         drop(p);
         Ok(ms)

@@ -1,19 +1,15 @@
 //! Engine throughput (Wasm against native, one thread each, then Wasm on
 //! every core) and the per-module, per-rule cost breakdown.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Context;
-
 use super::native::{NativePack, PACK_FILE};
 use super::stream::Stream;
-use super::{BenchEnv, CountingSink, median, rules_dir, sha256_hex};
-use crate::alert::Alert;
+use super::{BenchEnv, median, sha256_hex};
+use crate::app::Peregrine;
 use crate::engine::PreparedEvent;
-use crate::evaluate::Batch;
-use crate::pipeline::Pipeline;
 use crate::tenants::DEFAULT_TENANT;
 
 pub(crate) struct EngineFigures {
@@ -36,26 +32,22 @@ pub(crate) fn pipeline(
     env: &BenchEnv,
     dirs: &[std::path::PathBuf],
     workers: usize,
-) -> anyhow::Result<Pipeline> {
+) -> anyhow::Result<Peregrine> {
     let config = Arc::new(env.config(workers));
-    let dirs = dirs
-        .iter()
-        .map(|d| rules_dir(d))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let p = Pipeline::start(config, dirs, Arc::new(CountingSink::default()), true)?;
+    let p = Peregrine::evaluate_only(config, super::options(dirs.to_vec()))?;
     anyhow::ensure!(
-        !p.rules.current().load().modules.is_empty(),
+        !p.rules().current().load().modules.is_empty(),
         "no rule module found in the rules directories"
     );
     Ok(p)
 }
 
-pub(crate) fn wasm_pass(p: &Pipeline, tenant: &Arc<str>, stream: &Stream) -> (f64, usize) {
-    let batch = p.config.engine.batch_events.max(1);
+pub(crate) fn wasm_pass(p: &Peregrine, tenant: &Arc<str>, stream: &Stream) -> (f64, usize) {
+    let batch = p.config().engine.batch_events.max(1);
     let started = Instant::now();
     let mut alerts = 0;
     for chunk in stream.events.chunks(batch) {
-        alerts += p.evaluator.evaluate_batch(tenant, chunk).len();
+        alerts += p.evaluator().evaluate_batch(tenant, chunk).len();
     }
     (
         stream.events.len() as f64 / started.elapsed().as_secs_f64(),
@@ -77,38 +69,29 @@ fn native_pass(n: &NativePack, tenant: &Arc<str>, stream: &Stream, batch: usize)
 
 /// Feeds the stream through the queue to every worker, as replay does.
 fn all_cores_pass(
-    p: &Pipeline,
+    p: &Peregrine,
     tenant: &Arc<str>,
     stream: &Stream,
     workers: usize,
 ) -> anyhow::Result<f64> {
-    let batch = p.config.engine.batch_events.max(1);
+    let batch = p.config().engine.batch_events.max(1);
     // The batches own their events: copy them before the clock starts.
     let batches: Vec<Vec<_>> = stream.events.chunks(batch).map(<[_]>::to_vec).collect();
+    // A cluster per worker slot: a cluster's batches evaluate in order, one
+    // at a time, and clusters in parallel, as on a server of many clusters.
+    let clusters: Vec<Arc<str>> = (0..workers * 2)
+        .map(|i| format!("{tenant}-{i}").into())
+        .collect();
     let started = Instant::now();
-    let mut pending: VecDeque<crossbeam_channel::Receiver<Vec<Alert>>> = VecDeque::new();
-    for events in batches {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        p.queue
-            .push(
-                Batch {
-                    tenant: tenant.clone(),
-                    cluster: tenant.clone(),
-                    events,
-                    reply: Some(tx),
-                    journal: None,
-                },
-                None,
-            )
-            .map_err(|e| anyhow::anyhow!("cannot queue events: {e}"))?;
-        pending.push_back(rx);
-        while pending.len() >= workers * 4 {
-            pending.pop_front().map(|rx| rx.recv());
-        }
+    let mut order = p.in_order(tenant);
+    for (i, events) in batches.into_iter().enumerate() {
+        order.submit(
+            clusters[i % clusters.len()].clone(),
+            events,
+            &mut |_| Ok(()),
+        )?;
     }
-    for rx in pending {
-        rx.recv().context("an evaluation worker stopped")?;
-    }
+    order.finish(&mut |_| Ok(()))?;
     Ok(stream.events.len() as f64 / started.elapsed().as_secs_f64())
 }
 
@@ -117,7 +100,7 @@ pub(crate) fn run(env: &BenchEnv, stream: &Stream) -> anyhow::Result<EngineFigur
     env.progress.step("engine: loading the modules");
     let single = pipeline(env, &env.measured_dirs, 1)?;
     let modules: Vec<String> = single
-        .rules
+        .rules()
         .current()
         .load()
         .modules
@@ -136,12 +119,12 @@ pub(crate) fn run(env: &BenchEnv, stream: &Stream) -> anyhow::Result<EngineFigur
     let native = match pack_path {
         Some(p) if modules.len() == 1 => {
             let digest = sha256_hex(&std::fs::read(&p)?);
-            Some(NativePack::new(&single.config, &digest)?)
+            Some(NativePack::new(single.config(), &digest)?)
         }
         _ => None,
     };
 
-    let batch = single.config.engine.batch_events.max(1);
+    let batch = single.config().engine.batch_events.max(1);
     // A warm-up pass of each side, not counted.
     let warm = stream.head(4_000);
     wasm_pass(&single, &tenant, &warm);
@@ -238,8 +221,8 @@ pub(crate) fn breakdown(env: &BenchEnv, stream: &Stream) -> anyhow::Result<Break
     env.progress.step("breakdown: timing every module call");
     let tenant: Arc<str> = DEFAULT_TENANT.into();
     let p = pipeline(env, &env.measured_dirs, 1)?;
-    let rules = p.rules.current().load_full();
-    let batch = p.config.engine.batch_events.max(1);
+    let rules = p.rules().current().load_full();
+    let batch = p.config().engine.batch_events.max(1);
     // Half the stream is plenty for shares, and keeps this figure short.
     let events = &stream.events[..stream.events.len().div_ceil(2)];
     let mut modules = Vec::new();
@@ -269,9 +252,9 @@ pub(crate) fn breakdown(env: &BenchEnv, stream: &Stream) -> anyhow::Result<Break
                     Some(i) => i,
                     None => {
                         let t = Instant::now();
-                        let state = p.evaluator.states.table(&tenant, &m.scope, &m.key);
+                        let state = p.evaluator().states.table(&tenant, &m.scope, &m.key);
                         let mut i = p
-                            .engine
+                            .engine()
                             .instantiate(&m.compiled, m.label.clone(), m.limits, state)
                             .map_err(|e| anyhow::anyhow!("{}: {e}", m.key))?;
                         i.configure(&m.config_json)

@@ -14,9 +14,9 @@ use anyhow::Context;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::BenchEnv;
 use super::stream::Stream;
-use super::{BenchEnv, CountingSink, rules_dir};
-use crate::commands::serve::Server;
+use crate::app::Peregrine;
 
 /// Events per POST, the apiserver's default batch size.
 const BATCH: usize = 400;
@@ -98,14 +98,13 @@ impl Client {
     }
 }
 
-async fn start_server(env: &BenchEnv) -> anyhow::Result<Server> {
+async fn start_server(env: &BenchEnv) -> anyhow::Result<Peregrine> {
     let config = Arc::new(env.config(0));
-    let dirs = env
-        .measured_dirs
-        .iter()
-        .map(|d| rules_dir(d))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Server::start(config, dirs, Arc::new(CountingSink::default()), false).await
+    let mut app =
+        Peregrine::build(config.clone(), super::options(env.measured_dirs.clone())).await?;
+    app.serve(tokio::net::TcpListener::bind(config.server.listen).await?)
+        .await?;
+    Ok(app)
 }
 
 /// Runs the client on a thread and runtime of its own, as the apiserver is a
@@ -230,7 +229,7 @@ pub(crate) fn run(
         stream.events.len()
     ));
     let server = runtime.block_on(start_server(env))?;
-    let (addr, client_bodies) = (server.addr(), bodies.clone());
+    let (addr, client_bodies) = (server.addr().context("serving")?, bodies.clone());
     let started = Instant::now();
     let throttled = on_client_thread(move || saturate(addr, client_bodies))?;
     // Acknowledged is not evaluated: wait until the queue has drained.
@@ -242,7 +241,7 @@ pub(crate) fn run(
         "http: acknowledgement latency at 4,000 events/s for {seconds} s"
     ));
     let server = runtime.block_on(start_server(env))?;
-    let addr = server.addr();
+    let addr = server.addr().context("serving")?;
     let mut lat = std::thread::scope(|scope| {
         scope
             .spawn(|| steady(addr, &bodies, seconds))

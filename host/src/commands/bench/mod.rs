@@ -28,8 +28,6 @@ use clap::Args;
 use crate::alert::Alert;
 use crate::config::{PeregrineConfig, RuleMatching};
 use crate::evaluate::AlertSink;
-use crate::reload::RulesDir;
-use crate::rules::Scope;
 
 pub use rss::RssArgs;
 
@@ -205,14 +203,15 @@ impl BenchEnv {
     }
 }
 
-/// A global rules directory for the pipeline.
-pub(crate) fn rules_dir(path: &Path) -> anyhow::Result<RulesDir> {
-    Ok(RulesDir {
-        scope: Scope::Global,
-        path: path
-            .canonicalize()
-            .with_context(|| format!("rules directory {} does not exist", path.display()))?,
-    })
+/// How the figures build Peregrine: these global rules directories, every
+/// module loaded, alerts counted and dropped.
+pub(crate) fn options(rules: Vec<PathBuf>) -> crate::app::Options {
+    crate::app::Options {
+        rules,
+        alerts: Some(std::sync::Arc::new(CountingSink::default())),
+        require_all: true,
+        watch: false,
+    }
 }
 
 /// Counts alerts and drops them: the figures measure evaluation, not output.

@@ -50,7 +50,7 @@ fn measure(
     let dir = env.dir_with(&name, files)?;
     let p = pipeline(env, &[dir], 1)?;
     let modules = p
-        .rules
+        .rules()
         .current()
         .load()
         .modules

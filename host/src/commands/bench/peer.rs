@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use super::native::{PACK_FILE, PACK_KEY};
 use super::stream::Stream;
-use super::{BenchEnv, CountingSink, median, rules_dir};
+use super::{BenchEnv, median};
+use crate::app::Peregrine;
 use crate::config::RuleMatching;
 use crate::ingest::decode::decode_payload;
-use crate::pipeline::Pipeline;
 use crate::tenants::DEFAULT_TENANT;
 
 const POLICY: &str = include_str!("rego/falco_k8s_audit.rego");
@@ -188,11 +188,11 @@ fn pick_regorus(env: &BenchEnv, warm: &[String]) -> anyhow::Result<Regorus> {
     })
 }
 
-fn peregrine_pass(p: &Pipeline, tenant: &Arc<str>, lines: &[String]) -> anyhow::Result<Pass> {
-    let max = p.config.server.max_event_bytes;
+fn peregrine_pass(p: &Peregrine, tenant: &Arc<str>, lines: &[String]) -> anyhow::Result<Pass> {
+    let max = p.config().server.max_event_bytes;
     let (mut parse, mut eval) = (Duration::ZERO, Duration::ZERO);
     let mut alerts = 0;
-    for chunk in lines.chunks(p.config.engine.batch_events.max(1)) {
+    for chunk in lines.chunks(p.config().engine.batch_events.max(1)) {
         let t = Instant::now();
         let mut events = Vec::with_capacity(chunk.len());
         for line in chunk {
@@ -202,7 +202,7 @@ fn peregrine_pass(p: &Pipeline, tenant: &Arc<str>, lines: &[String]) -> anyhow::
         }
         parse += t.elapsed();
         let t = Instant::now();
-        alerts += p.evaluator.evaluate_batch(tenant, &events).len();
+        alerts += p.evaluator().evaluate_batch(tenant, &events).len();
         eval += t.elapsed();
     }
     Ok(Pass::new(lines.len(), parse, eval, alerts))
@@ -223,12 +223,7 @@ pub(crate) fn run(env: &BenchEnv, stream: &Stream) -> anyhow::Result<PeerFigures
     let mut table = toml::Table::new();
     table.insert("disable".into(), toml::Value::Array(others));
     config.modules.insert(PACK_KEY.into(), table);
-    let p = Pipeline::start(
-        Arc::new(config),
-        vec![rules_dir(&dir)?],
-        Arc::new(CountingSink::default()),
-        true,
-    )?;
+    let p = Peregrine::evaluate_only(Arc::new(config), super::options(vec![dir.to_path_buf()]))?;
     let tenant: Arc<str> = DEFAULT_TENANT.into();
 
     // regorus is the slower side; a quarter of the stream keeps this short.

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use super::{BenchEnv, CountingSink, install_module, rules_dir, sha256_hex, with_custom_section};
-use crate::pipeline::Pipeline;
+use super::{BenchEnv, install_module, sha256_hex, with_custom_section};
+use crate::app::Peregrine;
 
 pub(crate) struct ReloadFigures {
     pub rust_miss_ms: f64,
@@ -42,13 +42,8 @@ fn edit_to_live(env: &BenchEnv, file: &str) -> anyhow::Result<(f64, f64)> {
     let dir = env.scratch_dir(&format!("reload-{file}"))?;
     install_module(&dir, file, &original)?;
     let config = Arc::new(env.config(1));
-    let pipeline = Pipeline::start(
-        config,
-        vec![rules_dir(&dir)?],
-        Arc::new(CountingSink::default()),
-        true,
-    )?;
-    let _watcher = pipeline.rules.watch()?;
+    let pipeline = Peregrine::evaluate_only(config, super::options(vec![dir.to_path_buf()]))?;
+    let _watcher = pipeline.rules().watch()?;
     let key = crate::rules::module_key(Path::new(file));
 
     let nonce = format!(
@@ -65,7 +60,7 @@ fn edit_to_live(env: &BenchEnv, file: &str) -> anyhow::Result<(f64, f64)> {
 }
 
 fn swap_in(
-    pipeline: &Pipeline,
+    pipeline: &Peregrine,
     dir: &Path,
     file: &str,
     key: &str,
@@ -78,7 +73,7 @@ fn swap_in(
     install_module(dir, file, bytes)?;
     loop {
         let live = pipeline
-            .rules
+            .rules()
             .current()
             .load()
             .modules
@@ -89,7 +84,7 @@ fn swap_in(
         }
         if started.elapsed() > TIMEOUT {
             let why = pipeline
-                .rules
+                .rules()
                 .report(None)
                 .into_iter()
                 .find_map(|r| r.last_error)

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 
+use super::BenchEnv;
 use super::stream::Stream;
-use super::{BenchEnv, CountingSink, rules_dir};
-use crate::evaluate::Batch;
-use crate::pipeline::Pipeline;
+use crate::app::Peregrine;
 use crate::tenants::DEFAULT_TENANT;
 
 /// Modules the figure loads: the pack plus one Python and one JS module.
@@ -56,38 +55,20 @@ pub fn child(args: RssArgs) -> anyhow::Result<i32> {
     let mut config = crate::config::PeregrineConfig::default();
     config.engine.cache_dir = Some(args.cache_dir);
     let config = Arc::new(config);
-    let pipeline = Pipeline::start(
+    let pipeline = Peregrine::evaluate_only(
         config.clone(),
-        vec![rules_dir(&args.rules)?],
-        Arc::new(CountingSink::default()),
-        true,
+        super::options(vec![args.rules.to_path_buf()]),
     )?;
-    let modules = pipeline.rules.current().load().modules.len();
+    let modules = pipeline.rules().current().load().modules.len();
     let text = std::fs::read(&args.events)?;
     let events = crate::ingest::replay::decode_input(&text, config.server.max_event_bytes).events;
     drop(text);
     let tenant: Arc<str> = DEFAULT_TENANT.into();
-    let mut pending = Vec::new();
+    let mut order = pipeline.in_order(&tenant);
     for chunk in events.chunks(config.engine.batch_events.max(1)) {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        pipeline
-            .queue
-            .push(
-                Batch {
-                    tenant: tenant.clone(),
-                    cluster: tenant.clone(),
-                    events: chunk.to_vec(),
-                    reply: Some(tx),
-                    journal: None,
-                },
-                None,
-            )
-            .map_err(|e| anyhow::anyhow!("cannot queue events: {e}"))?;
-        pending.push(rx);
+        order.submit(tenant.clone(), chunk.to_vec(), &mut |_| Ok(()))?;
     }
-    for rx in pending {
-        rx.recv().context("an evaluation worker stopped")?;
-    }
+    order.finish(&mut |_| Ok(()))?;
     let hwm = status_kib("VmHWM:").context("no VmHWM in /proc/self/status")?;
     println!(
         "{}",
