@@ -105,10 +105,20 @@ async fn declared_length(
         Some(n) if n > limit as u64 => {
             metrics::counter!("peregrine_requests_rejected_total", "reason" => "too_large")
                 .increment(1);
-            webhook::error_response(
+            let mut r = webhook::error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body of {n} bytes is over the {limit}-byte limit"),
-            )
+            );
+            // The unread body leaves an HTTP/1 connection unusable: say so,
+            // or a client sends its next request on a connection being
+            // closed. (HTTP/2 resets just the stream.)
+            if request.version() < axum::http::Version::HTTP_2 {
+                r.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+            }
+            r
         }
         _ => next.run(request).await,
     }
