@@ -133,7 +133,6 @@ pub fn valid_output_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-
 /// Checks every `[outputs.<name>]` table without opening anything.
 pub(crate) fn validate(outputs: &BTreeMap<String, OutputKindConfig>) -> Result<(), String> {
     for (name, out) in outputs {

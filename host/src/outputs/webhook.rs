@@ -120,15 +120,14 @@ mod tests {
         assert_eq!(f.target.timeout_ms, http::DEFAULT_TIMEOUT_MS);
         assert!(f.validate().is_ok());
         // Falcosidekick takes no headers; unknown keys are refused.
-        let err = toml::from_str::<FalcosidekickConfig>(
-            "url = \"http://x/\"\nheaders = { A = \"b\" }",
-        )
-        .unwrap_err();
+        let err =
+            toml::from_str::<FalcosidekickConfig>("url = \"http://x/\"\nheaders = { A = \"b\" }")
+                .unwrap_err();
         assert!(err.to_string().contains("unknown field `headers`"), "{err}");
         assert!(toml::from_str::<WebhookConfig>("url = \"http://x/\"\nurll = 1").is_err());
         assert!(toml::from_str::<WebhookConfig>("timeout_ms = 1").is_err());
-        let err = toml::from_str::<WebhookConfig>("url = \"http://x/\"\n[tls]\nca = 1")
-            .unwrap_err();
+        let err =
+            toml::from_str::<WebhookConfig>("url = \"http://x/\"\n[tls]\nca = 1").unwrap_err();
         assert!(err.to_string().contains("unknown field `ca`"), "{err}");
     }
 }
