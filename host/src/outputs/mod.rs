@@ -2,7 +2,7 @@
 //! with a `build()` that makes its runtime half, a [`delivery::Deliver`].
 //! Queueing, retries and the spool are the same for every kind and live in
 //! [`delivery`] and [`spool`]; the HTTP kinds share [`http`]. Starting the
-//! configured outputs and stopping them is [`lifecycle`]'s.
+//! configured outputs and stopping them is `lifecycle.rs`'s.
 
 pub mod alertmanager;
 pub mod delivery;
