@@ -2,6 +2,7 @@
 //! Falco Talon and existing dashboards consume them unchanged.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,19 @@ pub enum Priority {
 }
 
 impl Priority {
+    /// All eight, most severe first.
+    pub const ALL: [Priority; 8] = [
+        Priority::Emergency,
+        Priority::Alert,
+        Priority::Critical,
+        Priority::Error,
+        Priority::Warning,
+        Priority::Notice,
+        Priority::Informational,
+        Priority::Debug,
+    ];
+
+    /// Falco's name, as alerts carry it.
     pub fn as_str(self) -> &'static str {
         match self {
             Priority::Emergency => "Emergency",
@@ -73,6 +87,26 @@ impl From<peregrine_sdk::Priority> for Priority {
 impl std::fmt::Display for Priority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A priority name that is none of Falco's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown priority `{0}`: expected one of {names}", names = Priority::ALL.map(Priority::as_str).join(", "))]
+pub struct UnknownPriority(pub String);
+
+impl FromStr for Priority {
+    type Err = UnknownPriority;
+
+    /// Falco's names in any case, plus Falco's short `info`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("info") {
+            return Ok(Priority::Informational);
+        }
+        Priority::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| UnknownPriority(s.to_string()))
     }
 }
 
@@ -287,5 +321,23 @@ mod tests {
         assert!(Priority::Critical.at_least(Priority::Warning));
         assert!(Priority::Warning.at_least(Priority::Warning));
         assert!(!Priority::Notice.at_least(Priority::Warning));
+    }
+
+    #[test]
+    fn priority_names_parse_in_any_case_and_print_as_falco_spells_them() {
+        for p in Priority::ALL {
+            assert_eq!(p.to_string().parse::<Priority>(), Ok(p));
+            assert_eq!(p.as_str().to_ascii_lowercase().parse::<Priority>(), Ok(p));
+            assert_eq!(p.as_str().to_ascii_uppercase().parse::<Priority>(), Ok(p));
+        }
+        assert_eq!("info".parse::<Priority>(), Ok(Priority::Informational));
+        assert_eq!("INFO".parse::<Priority>(), Ok(Priority::Informational));
+        assert_eq!(Priority::Informational.to_string(), "Informational");
+        let err = "loud".parse::<Priority>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown priority `loud`: expected one of Emergency, Alert, Critical, Error, Warning, Notice, Informational, Debug"
+        );
+        assert!("warn".parse::<Priority>().is_err());
     }
 }

@@ -11,11 +11,13 @@
 //! follow within the window are counted, and when the window closes one
 //! alert stands for them, carrying the count in `peregrine.folded`. Nothing
 //! is delayed and nothing disappears without a trace.
+//!
+//! Starting, flushing and stopping the outputs themselves is
+//! [`crate::outputs::Outputs`]'s; the router only decides where alerts go.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize};
@@ -24,8 +26,7 @@ use crate::alert::{Alert, Priority};
 use crate::config::PeregrineConfig;
 use crate::durable::Durable;
 use crate::evaluate::AlertSink;
-use crate::outputs::stdout::StdoutConfig;
-use crate::outputs::{OutputKindConfig, Outputs, OutputsError, valid_output_name};
+use crate::outputs::{FlushLoop, Outputs, OutputsError};
 
 /// `[routing]`: what happens to alerts no route matches.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -99,32 +100,11 @@ impl Default for RouteConfig {
     }
 }
 
-/// Falco's priority names in any case, plus Falco's short `info`.
-pub fn parse_priority(s: &str) -> Option<Priority> {
-    let p = match s.to_ascii_lowercase().as_str() {
-        "emergency" => Priority::Emergency,
-        "alert" => Priority::Alert,
-        "critical" => Priority::Critical,
-        "error" => Priority::Error,
-        "warning" => Priority::Warning,
-        "notice" => Priority::Notice,
-        "informational" | "info" => Priority::Informational,
-        "debug" => Priority::Debug,
-        _ => return None,
-    };
-    Some(p)
-}
-
+/// A priority by name, in any case (see [`Priority`]'s `FromStr`).
 fn priority_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Priority>, D::Error> {
-    let s: Option<String> = Option::deserialize(d)?;
-    match s {
-        None => Ok(None),
-        Some(s) => parse_priority(&s).map(Some).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "unknown priority `{s}`: expected one of Emergency, Alert, Critical, Error, Warning, Notice, Informational, Debug"
-            ))
-        }),
-    }
+    Option::<String>::deserialize(d)?
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// `*` matches any run of characters, `?` any one character.
@@ -170,39 +150,9 @@ impl RouteConfig {
     }
 }
 
-/// The outputs the configuration runs: every declared one, plus the
-/// built-in `stdout` when something names it without declaring it.
-fn output_defs(config: &PeregrineConfig) -> Vec<(String, OutputKindConfig)> {
-    let mut defs: Vec<(String, OutputKindConfig)> = config
-        .outputs
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let named = config
-        .routing
-        .default_outputs
-        .iter()
-        .chain(config.routes.iter().flat_map(|r| r.outputs.iter()));
-    if !config.outputs.contains_key("stdout") && named.into_iter().any(|n| n == "stdout") {
-        defs.push((
-            "stdout".into(),
-            OutputKindConfig::Stdout(StdoutConfig::default()),
-        ));
-    }
-    defs
-}
-
 /// Checks routes and outputs without opening anything.
 pub fn validate(config: &PeregrineConfig) -> Result<(), String> {
-    for (name, out) in &config.outputs {
-        if !valid_output_name(name) {
-            return Err(format!(
-                "output name `{name}`: use 1 to 64 letters, digits, `_` or `-`"
-            ));
-        }
-        out.validate()
-            .map_err(|e| format!("output `{name}` ({}): {e}", out.kind()))?;
-    }
+    crate::outputs::validate(&config.outputs)?;
     let known = |n: &str| n == "stdout" || config.outputs.contains_key(n);
     for n in &config.routing.default_outputs {
         if !known(n) {
@@ -375,8 +325,9 @@ pub struct AlertRouter {
     routes: Arc<Vec<Route>>,
     default_outputs: Vec<usize>,
     outputs: Arc<Outputs>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    /// Sends the summaries of fold windows as they close; only when a
+    /// route folds.
+    flusher: Option<FlushLoop>,
     shut_down: AtomicBool,
 }
 
@@ -385,12 +336,7 @@ impl AlertRouter {
     /// outputs.
     pub fn start(config: &PeregrineConfig) -> Result<AlertRouter, RouterError> {
         validate(config).map_err(RouterError::Invalid)?;
-        let defs = output_defs(config);
-        let outputs = Arc::new(Outputs::start(
-            &defs,
-            &config.delivery,
-            config.output.format,
-        )?);
+        let outputs = Arc::new(Outputs::start(config)?);
         let index = |n: &String| outputs.index_of(n).expect("validated output name");
         let routes: Vec<Route> = config
             .routes
@@ -425,22 +371,18 @@ impl AlertRouter {
             }
         }
         let routes = Arc::new(routes);
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let flusher = routes.iter().any(|r| r.dedup.is_some()).then(|| {
+        let flusher = fold_tick(&routes).map(|tick| {
             let routes = routes.clone();
             let outputs = outputs.clone();
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("peregrine-fold".into())
-                .spawn(move || flush_loop(&routes, &outputs, &stop))
-                .expect("spawning the fold thread")
+            FlushLoop::spawn("peregrine-fold", tick, move || {
+                send_closed_windows(&routes, &outputs, Instant::now())
+            })
         });
         Ok(AlertRouter {
             routes,
             default_outputs,
             outputs,
-            flusher: Mutex::new(flusher),
-            stop,
+            flusher,
             shut_down: AtomicBool::new(false),
         })
     }
@@ -455,7 +397,9 @@ impl AlertRouter {
         if self.shut_down.swap(true, Ordering::SeqCst) {
             return;
         }
-        self.stop_flusher();
+        if let Some(f) = &self.flusher {
+            f.stop();
+        }
         let mut per_output: Vec<Vec<Alert>> = vec![Vec::new(); self.outputs.handles().len()];
         for r in self.routes.iter() {
             if let Some(d) = &r.dedup {
@@ -475,61 +419,32 @@ impl AlertRouter {
         }
         self.outputs.shutdown();
     }
-
-    fn stop_flusher(&self) {
-        let (lock, cv) = &*self.stop;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
-        if let Some(h) = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            let _ = h.join();
-        }
-    }
 }
 
-impl Drop for AlertRouter {
-    fn drop(&mut self) {
-        self.stop_flusher();
-    }
-}
-
-/// Closes fold windows as they end and sends their summaries.
-fn flush_loop(routes: &[Route], outputs: &Outputs, stop: &(Mutex<bool>, Condvar)) {
+/// How often fold windows are checked, from the shortest of them (a window
+/// closes at most this late); `None` when no route folds.
+fn fold_tick(routes: &[Route]) -> Option<Duration> {
     let shortest = routes
         .iter()
         .filter(|r| r.dedup.is_some())
         .map(|r| Duration::from_secs(r.config.dedup_window_secs))
-        .min()
-        .unwrap_or(Duration::from_secs(1));
-    // A window closes at most this late.
-    let tick = (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    let (lock, cv) = stop;
-    let mut stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
-    while !*stopped {
-        stopped = cv
-            .wait_timeout(stopped, tick)
+        .min()?;
+    Some((shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)))
+}
+
+/// Closes the fold windows that are over and sends their summaries.
+fn send_closed_windows(routes: &[Route], outputs: &Outputs, now: Instant) {
+    for r in routes {
+        let Some(d) = &r.dedup else { continue };
+        let summaries = d
+            .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .0;
-        if *stopped {
-            break;
+            .close(now, false);
+        if summaries.is_empty() {
+            continue;
         }
-        let now = Instant::now();
-        for r in routes {
-            let Some(d) = &r.dedup else { continue };
-            let summaries = d
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .close(now, false);
-            if summaries.is_empty() {
-                continue;
-            }
-            for &o in &r.outputs {
-                outputs.handles()[o].enqueue(summaries.clone());
-            }
+        for &o in &r.outputs {
+            outputs.handles()[o].enqueue(summaries.clone());
         }
     }
 }
@@ -745,6 +660,5 @@ mod tests {
         );
         let c = PeregrineConfig::parse("").unwrap();
         assert!(validate(&c).is_ok());
-        assert_eq!(output_defs(&c).len(), 1);
     }
 }

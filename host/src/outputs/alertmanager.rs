@@ -10,17 +10,17 @@ use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
 use super::BuildError;
-use super::delivery::{Deliver, OutputDeliveryConfig, SendFailure};
-use super::http::{self, HttpTarget, TlsConfig};
-use super::webhook::default_timeout_ms;
+use super::delivery::{Deliver, SendFailure};
+use super::http::{self, HttpTarget, HttpTargetConfig};
 use crate::alert::{Alert, Priority};
 
+/// `url` is Alertmanager's base URL, e.g. `http://alertmanager:9093`;
+/// `/api/v2/alerts` is appended.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertmanagerConfig {
-    /// Alertmanager's base URL, e.g. `http://alertmanager:9093`;
-    /// `/api/v2/alerts` is appended.
-    pub url: String,
+    #[serde(flatten)]
+    pub target: HttpTargetConfig,
     /// Headers sent with every request (e.g. `Authorization` for a proxy).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -39,13 +39,6 @@ pub struct AlertmanagerConfig {
     /// `generatorURL` of every alert, e.g. a link to Peregrine's UI.
     #[serde(default)]
     pub generator_url: Option<String>,
-    /// Timeout of one request, in milliseconds.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    #[serde(default)]
-    pub delivery: OutputDeliveryConfig,
 }
 
 /// Prometheus label names: `[a-zA-Z_][a-zA-Z0-9_]*`, and `__` is reserved.
@@ -67,7 +60,7 @@ fn severity(p: Priority) -> &'static str {
 
 impl AlertmanagerConfig {
     fn endpoint(&self) -> Result<url::Url, BuildError> {
-        let base = self.url.trim_end_matches('/');
+        let base = self.target.url.trim_end_matches('/');
         let url = if base.ends_with("/api/v2/alerts") {
             base.to_string()
         } else {
@@ -93,7 +86,7 @@ impl AlertmanagerConfig {
         self.validate()?;
         Ok(AlertmanagerOutput {
             target: HttpTarget {
-                client: http::client(&self.tls, self.timeout_ms)?,
+                client: self.target.client()?,
                 url: self.endpoint()?,
                 headers: http::header_map(&self.headers)?,
             },

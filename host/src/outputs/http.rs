@@ -23,7 +23,39 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
 use super::BuildError;
-use super::delivery::SendError;
+use super::delivery::{OutputDeliveryConfig, SendError};
+
+/// The keys every HTTP output has, flattened into its table: where it
+/// sends, how long one request may take, TLS, and delivery. What `url`
+/// means is the kind's (its doc says).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct HttpTargetConfig {
+    /// The receiver's URL (http or https).
+    pub url: String,
+    /// Timeout of one request, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub delivery: OutputDeliveryConfig,
+}
+
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+
+impl HttpTargetConfig {
+    /// `url`, checked.
+    pub(crate) fn parsed_url(&self) -> Result<url::Url, BuildError> {
+        parse_url("url", &self.url)
+    }
+
+    /// A client with this target's timeout and TLS settings.
+    pub(crate) fn client(&self) -> Result<HttpClient, BuildError> {
+        client(&self.tls, self.timeout_ms)
+    }
+}
 
 /// TLS settings of an HTTP output (`tls = { ... }`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

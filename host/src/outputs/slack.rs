@@ -7,42 +7,36 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::BuildError;
-use super::delivery::{Deliver, OutputDeliveryConfig, SendFailure};
-use super::http::{self, HttpTarget, TlsConfig};
-use super::webhook::{default_timeout_ms, post_each};
+use super::delivery::{Deliver, SendFailure};
+use super::http::{HttpTarget, HttpTargetConfig};
+use super::webhook::post_each;
 use crate::alert::{Alert, Priority, RULE_ID_FIELD};
 
+/// `url` is the incoming webhook URL (`https://hooks.slack.com/services/...`).
+/// It is a secret: it is never logged.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SlackConfig {
-    /// The incoming webhook URL (`https://hooks.slack.com/services/...`).
-    /// It is a secret: it is never logged.
-    pub url: String,
+    #[serde(flatten)]
+    pub target: HttpTargetConfig,
     /// Sender name shown instead of the app's (legacy webhooks only).
     #[serde(default)]
     pub username: Option<String>,
     /// Sender icon, e.g. `:eagle:` (legacy webhooks only).
     #[serde(default)]
     pub icon_emoji: Option<String>,
-    /// Timeout of one request, in milliseconds.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default)]
-    pub tls: TlsConfig,
-    #[serde(default)]
-    pub delivery: OutputDeliveryConfig,
 }
 
 impl SlackConfig {
     pub(crate) fn validate(&self) -> Result<(), BuildError> {
-        http::parse_url("url", &self.url).map(|_| ())
+        self.target.parsed_url().map(|_| ())
     }
 
     pub fn build(&self) -> Result<SlackOutput, BuildError> {
         Ok(SlackOutput {
             target: HttpTarget {
-                client: http::client(&self.tls, self.timeout_ms)?,
-                url: http::parse_url("url", &self.url)?,
+                client: self.target.client()?,
+                url: self.target.parsed_url()?,
                 headers: Default::default(),
             },
             username: self.username.clone(),
