@@ -23,6 +23,7 @@ pub mod oci;
 pub mod outputs;
 pub mod paths;
 pub mod prometheus;
+pub mod queue;
 pub mod reload;
 pub mod router;
 pub mod rules;

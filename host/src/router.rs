@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::alert::AlertSink;
 use crate::alert::{Alert, Priority};
 use crate::config::PeregrineConfig;
 use crate::durable::Durable;
-use crate::evaluate::AlertSink;
 use crate::outputs::stdout::StdoutConfig;
 use crate::outputs::{OutputKindConfig, Outputs, OutputsError, valid_output_name};
 

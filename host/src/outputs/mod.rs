@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::AlertFormat;
+use crate::alert::AlertFormat;
 use delivery::{OutputDeliveryConfig, OutputHandle, Settings};
 use spool::{DiskSpool, MemoryStore, SpoolError, Store};
 
