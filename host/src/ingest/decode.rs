@@ -211,7 +211,9 @@ fn decode_item(
     }
 }
 
-/// Decodes the bytes of one input: one document, else JSON lines.
+/// Decodes the bytes of one input: one document, else JSON lines (a
+/// webhook body sent as JSON lines, a journal entry, a file, a page of
+/// CloudWatch events).
 pub fn decode_input(bytes: &[u8], max_event_bytes: usize) -> Decoded {
     match decode_payload(bytes, max_event_bytes) {
         Ok(d) => return d,

@@ -1,7 +1,7 @@
-//! What the push endpoints of the providers' logging services share
-//! (their routes are in [`crate::server`]): each request's records are unwrapped ([`super::envelope`]),
-//! grouped by cluster, and every group handed to the pipeline
-//! ([`super::submit`]) before the endpoint answers 200.
+//! What the push endpoints of the providers' logging services share (their
+//! routes are in [`crate::server`]): each request's records are unwrapped
+//! ([`super::envelope`]), grouped by cluster, and every group handed to the
+//! pipeline ([`super::submit`]) before the endpoint answers 200.
 //!
 //! - `POST /ingest/firehose[/<tenant>]`: Amazon Data Firehose (EKS audit
 //!   logs through a CloudWatch Logs subscription), [`super::firehose_http`];

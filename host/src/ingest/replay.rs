@@ -1,11 +1,11 @@
 //! Reading recorded audit events from files, directories or stdin.
 //!
 //! Each input may hold one JSON document (an Event, an EventList or an array)
-//! or JSON lines. A whole document is tried first; if the input is not one
-//! JSON value, it is read as JSON lines, and each bad line is rejected with
-//! its number while the others are kept. `peregrine replay` streams JSON
-//! lines ([`stream_inputs`]): a line at a time, so an input of any length
-//! takes the memory of a few batches.
+//! or JSON lines, decoded by [`decode_input`]: a whole document is tried
+//! first; if the input is not one JSON value, it is read as JSON lines, and
+//! each bad line is rejected with its number while the others are kept.
+//! `peregrine replay` streams JSON lines ([`stream_inputs`]): a line at a
+//! time, so an input of any length takes the memory of a few batches.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
