@@ -34,6 +34,7 @@ tests/ui/node_modules: tests/ui/package-lock.json
 
 lint:
 	scripts/check-file-sizes.sh
+	scripts/check-import-cycles.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 

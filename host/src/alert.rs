@@ -255,6 +255,136 @@ impl Alert {
     }
 }
 
+/// How alerts are printed (the `stdout` output, files, syslog, replay).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    /// Falco's JSON alert, one per line.
+    #[default]
+    Json,
+    /// One readable line per alert.
+    Text,
+}
+
+/// Which of a module's matching rules alert for an event.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleMatching {
+    /// Falco's default: per module, only the first matching rule in the
+    /// module's declared order alerts. For parity with Falco.
+    First,
+    /// Every matching rule alerts. The default: with `first`, a catch-all
+    /// rule early in a module (Falco's `Disallowed K8s User`) hides every
+    /// specific detection after it for the same event.
+    #[default]
+    All,
+}
+
+/// Where the alerts of the evaluation stage go.
+pub trait AlertSink: Send + Sync {
+    fn submit(&self, alerts: Vec<Alert>);
+
+    /// Like [`AlertSink::submit`], with the batch's share of durability:
+    /// released once the alerts are stored wherever they must survive a
+    /// crash. A sink that keeps nothing past the call releases it at once.
+    fn submit_durable(&self, alerts: Vec<Alert>, durable: crate::durable::Durable) {
+        self.submit(alerts);
+        durable.release();
+    }
+}
+
+/// Where alerts come from: stamped on each alert.
+pub struct AlertOrigin<'a> {
+    pub module: &'a str,
+    pub digest: &'a str,
+    pub tenant: &'a Arc<str>,
+    pub cluster: &'a Arc<str>,
+    pub hostname: &'a Arc<str>,
+}
+
+/// A module's alerts for one event, once checked against its metadata.
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// In the module's declared rule order, after `rule_matching`.
+    pub alerts: Vec<Alert>,
+    /// Rule ids the module does not declare (a module bug).
+    pub undeclared: Vec<String>,
+    /// Alerts of rules the module reports disabled, dropped.
+    pub disabled: usize,
+}
+
+/// Turns a module's alerts for `ev` into host alerts: names, priorities and
+/// tags from the module's metadata (`lookup` finds a rule and its position by
+/// id), and `rule_matching` (`first` keeps the alerts of the first matching
+/// rule in the module's order). The native side of `peregrine bench` shares
+/// it, so both sides do the same work.
+pub fn accept_alerts<'r>(
+    lookup: impl Fn(&str) -> Option<(usize, &'r peregrine_sdk::RuleInfo)>,
+    rule_matching: RuleMatching,
+    origin: &AlertOrigin<'_>,
+    ev: &peregrine_sdk::audit::AuditEvent,
+    alerts: Vec<peregrine_sdk::Alert>,
+) -> Accepted {
+    let mut out = Accepted::default();
+    let mut accepted: Vec<(usize, Alert)> = Vec::with_capacity(alerts.len());
+    for a in alerts {
+        let Some((index, rule)) = lookup(&a.rule_id) else {
+            out.undeclared.push(a.rule_id);
+            continue;
+        };
+        if !rule.enabled {
+            out.disabled += 1;
+            continue;
+        }
+        // The rule id comes from the host's view of the rule, never from the
+        // module's fields.
+        let mut fields: Vec<(String, Option<String>)> = a
+            .fields
+            .into_iter()
+            .filter(|(k, _)| k != RULE_ID_FIELD)
+            .collect();
+        fields.push((RULE_ID_FIELD.into(), Some(rule.id.clone())));
+        let mut tags = rule.tags.clone();
+        for t in a.tags {
+            if !tags.contains(&t) {
+                tags.push(t);
+            }
+        }
+        accepted.push((
+            index,
+            Alert {
+                time_unix_nanos: event_time(ev),
+                rule: rule.name.clone(),
+                rule_id: rule.id.clone(),
+                priority: a.priority.unwrap_or(rule.priority).into(),
+                output: a.output,
+                tags,
+                fields,
+                tenant: origin.tenant.clone(),
+                cluster: origin.cluster.clone(),
+                module: origin.module.to_string(),
+                module_digest: origin.digest.to_string(),
+                audit_id: ev.audit_id.clone(),
+                hostname: origin.hostname.clone(),
+            },
+        ));
+    }
+    if rule_matching == RuleMatching::First
+        && let Some(first) = accepted.iter().map(|(i, _)| *i).min()
+    {
+        accepted.retain(|(i, _)| *i == first);
+    }
+    out.alerts = accepted.into_iter().map(|(_, a)| a).collect();
+    out
+}
+
+/// Alerts are stamped with the event's time, as Falco does; events without a
+/// usable timestamp get the time they were evaluated.
+pub(crate) fn event_time(ev: &peregrine_sdk::audit::AuditEvent) -> i64 {
+    ev.time_unix_nanos()
+        .unwrap_or_else(|| time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,16 +16,19 @@ use anyhow::Context;
 use peregrine_sdk::audit::AuditEvent;
 
 use crate::alert::Alert;
+use crate::alert::AlertSink;
 use crate::config::PeregrineConfig;
 use crate::engine::{EngineOptions, WasmEngine};
-use crate::evaluate::{AlertSink, Batch, BatchQueue, Evaluator, WorkerPool};
+use crate::evaluate::{Evaluator, WorkerPool};
 use crate::ingest::Dedup;
 use crate::ingest::journal::{Journal, JournalEntry};
 use crate::oci::{Pollers, Sources};
-use crate::reload::{RuleManager, RulesDir, RulesWatcher};
+use crate::queue::{Batch, BatchQueue};
+use crate::reload::RulesWatcher;
 use crate::router::AlertRouter;
+use crate::rules::registry::{RuleManager, RulesDir};
 use crate::rules::{ModuleLoader, Scope, StateStore};
-use crate::server::AppState;
+use crate::server::state::AppState;
 use crate::store::{AlertStore, Tee};
 use crate::tenants::Tenants;
 
@@ -142,7 +145,7 @@ impl Peregrine {
                 .context("journal recovery panicked")??;
         }
         let state = Arc::new(AppState {
-            config: config.clone(),
+            server: config.server.clone(),
             tenants: app.tenants.clone(),
             queue: app.queue.clone(),
             dedup: Dedup::new(config.server.dedup_capacity),
@@ -151,7 +154,9 @@ impl Peregrine {
             started: Instant::now(),
             store,
             journal,
-            push: Arc::new(crate::ingest::sources::PushSources::from_config(&config)?),
+            push: Arc::new(crate::ingest::sources::PushSources::from_config(
+                &config.sources,
+            )?),
         });
         app.serving = Some(Serving {
             state,
@@ -270,7 +275,7 @@ impl Peregrine {
             None
         };
         let pollers = state.sources.spawn_pollers(self.rules.clone());
-        let file_sources = crate::ingest::sources::start_pulls(config, &state)?;
+        let file_sources = crate::ingest::sources::start_pulls(&config.sources, &state)?;
         let addr = listener.local_addr()?;
         state.tenants.warn_if_exposed(addr);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

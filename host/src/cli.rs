@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{AlertFormat, RuleMatching};
+use crate::alert::{AlertFormat, RuleMatching};
+pub use crate::telemetry::LogFormat;
 
 /// Peregrine: detection for Kubernetes audit logs, with rules that are
 /// sandboxed WebAssembly programs (Rust, Python, JavaScript) and alerts in
@@ -28,12 +29,6 @@ pub struct Cli {
     /// Log line format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]

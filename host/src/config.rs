@@ -3,13 +3,15 @@
 //! reported instead of silently ignored.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+// Defined with the alerts they shape; named here too, as configuration.
+pub use crate::alert::{AlertFormat, RuleMatching};
 use crate::engine::SandboxLimits;
+pub use crate::server::config::{MAX_CONNECTIONS, ServerConfig};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -36,91 +38,7 @@ pub struct PeregrineConfig {
     /// Tenants by id. The `default` tenant (`/k8s-audit`) always exists.
     pub tenants: BTreeMap<String, crate::tenants::TenantConfig>,
     /// Inputs besides the webhook: audit log files, push endpoints' settings.
-    pub sources: Vec<crate::ingest::sources::SourceConfig>,
-}
-
-/// The most `server.max_connections` may be.
-pub const MAX_CONNECTIONS: usize = 1 << 20;
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerConfig {
-    /// Address of the webhook, API and UI.
-    pub listen: SocketAddr,
-    /// Largest request body accepted (the apiserver sends up to 400 events
-    /// per batch).
-    pub max_body_bytes: usize,
-    /// Largest single audit event accepted; bigger ones are rejected and
-    /// counted, their siblings kept.
-    pub max_event_bytes: usize,
-    /// Events held between the webhook and the engine; beyond this the
-    /// webhook answers 429 and the apiserver retries.
-    pub queue_events: usize,
-    /// Bytes of events held between the webhook and the engine (their
-    /// decoded size); beyond this the webhook answers 429 too, so a flood of
-    /// large events cannot exhaust memory.
-    pub queue_bytes: usize,
-    /// Events remembered to drop duplicates by (auditID, stage), which the
-    /// apiserver sends when it retries a batch.
-    pub dedup_capacity: usize,
-    /// Serve HTTPS instead of HTTP (and optionally require client certificates).
-    pub tls: Option<crate::tls::TlsConfig>,
-    /// Keep acknowledged events on disk until they are evaluated.
-    pub journal: crate::ingest::journal::JournalConfig,
-    /// Most connections open at once, the reserve included; beyond it a
-    /// new connection is closed at once (see `crate::connections`).
-    pub max_connections: usize,
-    /// Of `max_connections`, the last ones, kept for `/healthz` and
-    /// `/metrics`: a connection that gets one is answered once, for those
-    /// two paths only.
-    pub reserved_connections: usize,
-    /// How long a client may take to send a request's headers, counted from
-    /// when the server waits for them (HTTP/1.1, also between requests on a
-    /// kept-alive connection); and to finish the TLS handshake.
-    pub header_read_timeout_secs: u64,
-    /// How long a client may take to send a whole request body.
-    pub body_read_timeout_secs: u64,
-    /// A connection with no request in progress is closed after this.
-    pub idle_timeout_secs: u64,
-    /// A connection whose writes make no progress for this long (a client
-    /// that stopped reading) is closed.
-    pub write_timeout_secs: u64,
-}
-
-impl ServerConfig {
-    pub fn header_read_timeout(&self) -> Duration {
-        Duration::from_secs(self.header_read_timeout_secs)
-    }
-    pub fn body_read_timeout(&self) -> Duration {
-        Duration::from_secs(self.body_read_timeout_secs)
-    }
-    pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout_secs)
-    }
-    pub fn write_timeout(&self) -> Duration {
-        Duration::from_secs(self.write_timeout_secs)
-    }
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8765)),
-            max_body_bytes: 12 << 20,
-            max_event_bytes: 3 << 20,
-            queue_events: 100_000,
-            queue_bytes: 256 << 20,
-            dedup_capacity: 100_000,
-            tls: None,
-            journal: Default::default(),
-            max_connections: 4096,
-            reserved_connections: 32,
-            header_read_timeout_secs: 30,
-            body_read_timeout_secs: 60,
-            idle_timeout_secs: 60,
-            write_timeout_secs: 30,
-        }
-    }
+    pub sources: Vec<crate::ingest::sources::config::SourceConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -247,19 +165,6 @@ impl SandboxConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum RuleMatching {
-    /// Falco's default: per module, only the first matching rule in the
-    /// module's declared order alerts. For parity with Falco.
-    First,
-    /// Every matching rule alerts. The default: with `first`, a catch-all
-    /// rule early in a module (Falco's `Disallowed K8s User`) hides every
-    /// specific detection after it for the same event.
-    #[default]
-    All,
-}
-
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
@@ -270,22 +175,12 @@ pub struct RulesConfig {
     pub rule_matching: RuleMatching,
     /// Rule modules pulled from elsewhere (OCI registries), cached under
     /// the cache directory and loaded with the directories' modules.
-    pub sources: Vec<crate::oci::RuleSourceConfig>,
+    pub sources: Vec<crate::oci::config::RuleSourceConfig>,
     /// Load a `*.wasm` symlink whose target is outside its rules directory.
     /// Off: where tenants own their directories, a symlink must not read
     /// the host's files. Symlinks inside the directory (a mounted ConfigMap's
     /// `..data`) are always followed.
     pub follow_symlinks: bool,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum AlertFormat {
-    /// Falco's JSON alert, one per line.
-    #[default]
-    Json,
-    /// One readable line per alert.
-    Text,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -389,11 +284,11 @@ impl PeregrineConfig {
         }
         for source in &self.rules.sources {
             match source {
-                crate::oci::RuleSourceConfig::Oci(s) => s.validate()?,
+                crate::oci::config::RuleSourceConfig::Oci(s) => s.validate()?,
             }
         }
         crate::router::validate(&self)?;
-        crate::ingest::sources::validate(&self)?;
+        crate::ingest::sources::config::validate(&self.sources, &self.tenants)?;
         Ok(self)
     }
 

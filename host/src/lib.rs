@@ -1,11 +1,13 @@
 //! Peregrine: a detection host for Kubernetes audit logs.
 //!
 //! [`app::Peregrine`] builds the whole process from a configuration. The
-//! pipeline, stage by stage: [`ingest`] (webhook, replay) ->
-//! [`evaluate`] (worker threads running the [`rules`] in the [`engine`]
-//! sandbox) -> [`router`] -> [`outputs`]; [`durable`] tells the ingest journal
-//! when a batch's alerts are safe in every output. [`reload`] keeps the live rules in step with
-//! their files; [`tenants`] says who may post what.
+//! pipeline, stage by stage: [`ingest`] (webhook, replay, sources) ->
+//! [`queue`] -> [`evaluate`] (worker threads running the [`rules`] in the
+//! [`engine`] sandbox) -> [`alert`] -> [`router`] -> [`outputs`] and
+//! [`store`]; [`durable`] tells the ingest journal when a batch's alerts
+//! are safe in every output. [`server`] is the HTTP surface, [`reload`]
+//! keeps the live rules in step with their files, [`tenants`] says who may
+//! post what.
 
 pub mod alert;
 pub mod api;
@@ -23,6 +25,7 @@ pub mod oci;
 pub mod outputs;
 pub mod paths;
 pub mod prometheus;
+pub mod queue;
 pub mod reload;
 pub mod router;
 pub mod rules;

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::alert::AlertSink;
 use crate::alert::{Alert, Priority};
 use crate::config::PeregrineConfig;
 use crate::durable::Durable;
-use crate::evaluate::AlertSink;
 use crate::outputs::{FlushLoop, Outputs, OutputsError};
 
 /// `[routing]`: what happens to alerts no route matches.

@@ -7,9 +7,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use peregrine::alert::Alert;
+use peregrine::alert::AlertSink;
 use peregrine::app::{Options, Peregrine};
 use peregrine::config::PeregrineConfig;
-use peregrine::evaluate::AlertSink;
 use peregrine::rules::Scope;
 
 /// The workspace root.

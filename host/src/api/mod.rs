@@ -11,21 +11,16 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::ingest::webhook::error_response;
-use crate::server::AppState;
+use crate::server::error::HttpError;
+use crate::server::state::AppState;
 use crate::store::AlertQuery;
 use crate::tenants::ApiAccess;
 
 /// Who is calling, or the 401 to answer.
 fn access(app: &AppState, headers: &HeaderMap) -> Result<ApiAccess, Box<Response>> {
-    app.tenants.api_access(headers).map_err(|e| {
-        let mut r = error_response(StatusCode::UNAUTHORIZED, e.to_string());
-        r.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer"),
-        );
-        Box::new(r)
-    })
+    app.tenants
+        .api_access(headers)
+        .map_err(|e| Box::new(HttpError::unauthorized(e.to_string()).into_response()))
 }
 
 /// `GET /api/v1/rules`: every module file, its status, digest, rules and counters.
@@ -55,19 +50,20 @@ pub(crate) async fn alerts(
         Err(r) => return *r,
     };
     let Ok(Query(mut query)) = query.map_err(|e| e.body_text()) else {
-        return error_response(
+        return HttpError::new(
             StatusCode::BAD_REQUEST,
             "invalid query: use tenant, cluster, rule, module, min_priority (Emergency..Debug), q, before, limit",
-        );
+        ).into_response();
     };
     if let ApiAccess::Tenant(t) = &access {
         query.tenant = Some(t.to_string());
     }
     let Some(store) = app.store.clone() else {
-        return error_response(
+        return HttpError::new(
             StatusCode::NOT_FOUND,
             "the alert store is disabled ([store] enabled = false)",
-        );
+        )
+        .into_response();
     };
     match tokio::task::spawn_blocking(move || store.query(&query)).await {
         Ok(Ok(alerts)) => {
@@ -75,8 +71,10 @@ pub(crate) async fn alerts(
             axum::Json(serde_json::json!({ "alerts": alerts, "next_before": next_before }))
                 .into_response()
         }
-        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => {
+            HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+        Err(e) => HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
@@ -87,10 +85,11 @@ pub(crate) async fn summary(State(app): State<Arc<AppState>>, headers: HeaderMap
         Err(r) => return *r,
     };
     let Some(store) = app.store.clone() else {
-        return error_response(
+        return HttpError::new(
             StatusCode::NOT_FOUND,
             "the alert store is disabled ([store] enabled = false)",
-        );
+        )
+        .into_response();
     };
     let tenant = match access {
         ApiAccess::All => None,
@@ -98,8 +97,10 @@ pub(crate) async fn summary(State(app): State<Arc<AppState>>, headers: HeaderMap
     };
     match tokio::task::spawn_blocking(move || store.summary(tenant.as_deref())).await {
         Ok(Ok(s)) => axum::Json(s).into_response(),
-        Ok(Err(e)) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => {
+            HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+        Err(e) => HttpError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 

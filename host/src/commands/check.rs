@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::app::{Options, Peregrine};
 use crate::cli::{CheckArgs, RuleArgs};
 use crate::config::PeregrineConfig;
-use crate::reload::ModuleStatus;
+use crate::rules::registry::ModuleStatus;
 use crate::tenants::Tenants;
 
 pub fn run(args: CheckArgs) -> anyhow::Result<i32> {

@@ -11,7 +11,7 @@ use wasmtime_wasi::{
 };
 
 use super::bindings::{self, RuleModulePre, peregrine::rules as imports, wit};
-use super::{Permit, SandboxLimits};
+use super::limits::{Permit, SandboxLimits};
 
 /// Log lines one instance may write; a module that logs in a loop must not
 /// flood the host's log.

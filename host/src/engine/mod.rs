@@ -9,10 +9,11 @@
 mod bindings;
 mod cache;
 mod instance;
+mod limits;
 mod output;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -20,34 +21,12 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use instance::{CallError, Evaluated, ModuleInstance, PreparedEvent};
+pub use limits::SandboxLimits;
 pub use output::{ALERTS_CUT_FIELD, Cut, TRUNCATED_FIELD};
 
 use bindings::RuleModulePre;
 use instance::StoreData;
-
-/// Sandbox limits applied to each call and store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SandboxLimits {
-    /// Wall-clock budget of one `evaluate` call.
-    pub call_deadline: Duration,
-    /// Maximum linear memory of one module instance, in bytes.
-    pub memory_bytes: usize,
-    /// Maximum alerts one `evaluate` call may return.
-    pub max_alerts_per_event: usize,
-    /// Maximum total bytes of output text and fields of one `evaluate` call.
-    pub max_output_bytes: usize,
-}
-
-impl Default for SandboxLimits {
-    fn default() -> Self {
-        SandboxLimits {
-            call_deadline: Duration::from_millis(100),
-            memory_bytes: 128 << 20,
-            max_alerts_per_event: 64,
-            max_output_bytes: 256 << 10,
-        }
-    }
-}
+use limits::{Permit, Permits};
 
 /// How the process-wide engine is set up.
 #[derive(Debug, Clone)]
@@ -324,40 +303,4 @@ fn stub_unprovided_imports(
         }
     }
     Ok(())
-}
-
-/// A counting semaphore in front of the instance pool.
-struct Permits {
-    free: Mutex<usize>,
-    cv: Condvar,
-}
-
-impl Permits {
-    fn new(n: usize) -> Self {
-        Permits {
-            free: Mutex::new(n),
-            cv: Condvar::new(),
-        }
-    }
-}
-
-pub(crate) struct Permit(Arc<Permits>);
-
-impl Permit {
-    fn acquire(permits: &Arc<Permits>) -> Permit {
-        let mut free = permits.free.lock().unwrap_or_else(|p| p.into_inner());
-        while *free == 0 {
-            free = permits.cv.wait(free).unwrap_or_else(|p| p.into_inner());
-        }
-        *free -= 1;
-        Permit(permits.clone())
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let mut free = self.0.free.lock().unwrap_or_else(|p| p.into_inner());
-        *free += 1;
-        self.0.cv.notify_one();
-    }
 }

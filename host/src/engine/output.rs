@@ -6,7 +6,7 @@
 
 use peregrine_sdk as sdk;
 
-use super::SandboxLimits;
+use super::limits::SandboxLimits;
 
 /// Set to `"true"` on every alert of a call whose output was cut.
 pub const TRUNCATED_FIELD: &str = "peregrine.truncated";

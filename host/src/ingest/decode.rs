@@ -211,6 +211,56 @@ fn decode_item(
     }
 }
 
+/// Decodes the bytes of one input: one document, else JSON lines (a
+/// webhook body sent as JSON lines, a journal entry, a file, a page of
+/// CloudWatch events).
+pub fn decode_input(bytes: &[u8], max_event_bytes: usize) -> Decoded {
+    match decode_payload(bytes, max_event_bytes) {
+        Ok(d) => return d,
+        Err(PayloadError::NotAudit(reason)) => {
+            return Decoded {
+                events: Vec::new(),
+                rejected: vec![Rejection {
+                    at: String::new(),
+                    reason,
+                    kind: "not_an_event",
+                }],
+            };
+        }
+        Err(PayloadError::NotJson(_)) => {}
+    }
+    let mut out = Decoded::default();
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let at = format!("line {}", i + 1);
+        match decode_payload(line, max_event_bytes) {
+            Ok(d) => {
+                out.events.extend(d.events);
+                out.rejected
+                    .extend(d.rejected.into_iter().map(|r| Rejection {
+                        at: if r.at.is_empty() {
+                            at.clone()
+                        } else {
+                            format!("{at} {}", r.at)
+                        },
+                        ..r
+                    }));
+            }
+            Err(e) => out.rejected.push(Rejection {
+                at,
+                reason: e.to_string(),
+                kind: match e {
+                    PayloadError::NotJson(_) => "not_json",
+                    PayloadError::NotAudit(_) => "not_an_event",
+                },
+            }),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,5 +361,36 @@ mod tests {
     fn deep_nesting_does_not_overflow_the_stack() {
         let body = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(decode_payload(body.as_bytes(), 1 << 20).is_err());
+    }
+
+    /// An event without `apiVersion`, as audit log files hold them.
+    const LINE_EV: &str =
+        r#"{"kind":"Event","auditID":"a","stage":"ResponseComplete","verb":"get"}"#;
+
+    #[test]
+    fn reads_documents_and_json_lines() {
+        assert_eq!(decode_input(LINE_EV.as_bytes(), 1 << 20).events.len(), 1);
+        let pretty = serde_json::to_string_pretty(
+            &serde_json::from_str::<serde_json::Value>(LINE_EV).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(decode_input(pretty.as_bytes(), 1 << 20).events.len(), 1);
+        let lines = format!("{LINE_EV}\n\n{LINE_EV}\nnot json\n{{\"kind\":\"Pod\"}}\n{LINE_EV}\n");
+        let r = decode_input(lines.as_bytes(), 1 << 20);
+        assert_eq!(r.events.len(), 3);
+        let places: Vec<_> = r.rejected.iter().map(|p| p.at.as_str()).collect();
+        assert_eq!(places, ["line 4", "line 5"]);
+    }
+
+    #[test]
+    fn falco_fal_01_003_is_reported_not_crashed_on() {
+        let r = decode_input(br#"{"kind": 0}"#, 1 << 20);
+        assert!(r.events.is_empty());
+        assert_eq!(r.rejected.len(), 1);
+        assert!(
+            r.rejected[0]
+                .reason
+                .starts_with("data not recognized as a k8s audit event")
+        );
     }
 }

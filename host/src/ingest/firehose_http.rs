@@ -26,7 +26,7 @@ use super::envelope::Limits;
 use super::envelope::firehose::{response_body, unwrap_request};
 use super::push::deliver;
 use super::sources::count_error;
-use crate::server::AppState;
+use crate::server::state::AppState;
 use crate::tenants::{AuthError, DEFAULT_TENANT};
 
 const ACCESS_KEY: &str = "x-amz-firehose-access-key";
@@ -99,7 +99,7 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             return answer(status, &request_id, Some(&message));
         }
     };
-    let bytes = match read_body(&app.config.server, &headers, body).await {
+    let bytes = match read_body(&app.server, &headers, body).await {
         Ok(b) => b,
         Err(e) => {
             count_error(&source, "bad_request");

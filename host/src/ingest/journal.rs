@@ -269,7 +269,7 @@ fn read_batch(path: &Path, max_event_bytes: usize) -> Result<ReadBatch, String> 
     let header: Header = serde_json::from_slice(&rest[..newline]).map_err(|e| e.to_string())?;
     let body = &rest[newline + 1..];
     let decoded = if header.json_lines {
-        super::replay::decode_input(body, max_event_bytes)
+        super::decode::decode_input(body, max_event_bytes)
     } else {
         super::decode::decode_payload(body, max_event_bytes).map_err(|e| e.to_string())?
     };

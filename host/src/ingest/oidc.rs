@@ -18,7 +18,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::sources::PubsubPushConfig;
+use super::sources::config::PubsubPushConfig;
 use crate::outputs::http::{HttpClient, TlsConfig, client, parse_url};
 
 const REFRESH_AFTER: Duration = Duration::from_secs(3600);

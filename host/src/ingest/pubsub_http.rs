@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::body::read_body;
@@ -26,8 +26,8 @@ use super::envelope::Limits;
 use super::envelope::pubsub::unwrap_push;
 use super::push::deliver;
 use super::sources::count_error;
-use super::webhook::error_response;
-use crate::server::AppState;
+use crate::server::error::HttpError;
+use crate::server::state::AppState;
 use crate::tenants::{AuthError, DEFAULT_TENANT};
 
 pub(crate) async fn ingest_default(
@@ -49,10 +49,7 @@ pub(crate) async fn ingest_tenant(
 
 fn unauthorized(message: String) -> Response {
     metrics::counter!("peregrine_requests_rejected_total", "reason" => "unauthorized").increment(1);
-    let mut r = error_response(StatusCode::UNAUTHORIZED, message);
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    r
+    HttpError::unauthorized(message).into_response()
 }
 
 #[tracing::instrument(name = "pubsub", skip_all, fields(tenant = %tenant_id, message_id, events, rejected))]
@@ -62,7 +59,7 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
     let tenant = match &verifier {
         Some(v) => {
             let Some(t) = app.tenants.get(tenant_id).cloned() else {
-                return error_response(StatusCode::NOT_FOUND, "unknown tenant");
+                return HttpError::new(StatusCode::NOT_FOUND, "unknown tenant").into_response();
             };
             let authorization = headers
                 .get(header::AUTHORIZATION)
@@ -77,10 +74,11 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
         None => match app.tenants.authenticate(tenant_id, &headers) {
             Ok(t) => t,
             Err(AuthError::UnknownTenant) => {
-                return error_response(
+                return HttpError::new(
                     StatusCode::NOT_FOUND,
                     format!("unknown tenant `{}`", super::envelope::shown(tenant_id)),
-                );
+                )
+                .into_response();
             }
             Err(e) => {
                 count_error(&source, "unauthorized");
@@ -90,11 +88,11 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             }
         },
     };
-    let bytes = match read_body(&app.config.server, &headers, body).await {
+    let bytes = match read_body(&app.server, &headers, body).await {
         Ok(b) => b,
         Err(e) => {
             count_error(&source, "bad_request");
-            return error_response(e.status(), e.to_string());
+            return HttpError::new(e.status(), e.to_string()).into_response();
         }
     };
     let job = {
@@ -114,13 +112,14 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
             count_error(&source, "bad_request");
             metrics::counter!("peregrine_requests_rejected_total", "reason" => "bad_payload")
                 .increment(1);
-            return error_response(StatusCode::BAD_REQUEST, e.to_string());
+            return HttpError::new(StatusCode::BAD_REQUEST, e.to_string()).into_response();
         }
         Err(e) => {
-            return error_response(
+            return HttpError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("decoder failed: {e}"),
-            );
+            )
+            .into_response();
         }
     };
     let span = tracing::Span::current();
@@ -148,12 +147,11 @@ async fn ingest(app: Arc<AppState>, tenant_id: &str, headers: HeaderMap, body: B
         }
         Err(e) => {
             let (status, retry_after) = e.status();
-            let mut r = error_response(status, e.to_string());
-            if let Some(s) = retry_after {
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(s.max(1)));
+            HttpError {
+                retry_after,
+                ..HttpError::new(status, e.to_string())
             }
-            r
+            .into_response()
         }
     }
 }

@@ -1,7 +1,7 @@
-//! The push endpoints of the providers' logging services, and what they
-//! share: each request's records are unwrapped ([`super::envelope`]),
-//! grouped by cluster, and every group handed to the pipeline
-//! ([`super::submit`]) before the endpoint answers 200.
+//! What the push endpoints of the providers' logging services share (their
+//! routes are in [`crate::server`]): each request's records are unwrapped
+//! ([`super::envelope`]), grouped by cluster, and every group handed to the
+//! pipeline ([`super::submit`]) before the endpoint answers 200.
 //!
 //! - `POST /ingest/firehose[/<tenant>]`: Amazon Data Firehose (EKS audit
 //!   logs through a CloudWatch Logs subscription), [`super::firehose_http`];
@@ -10,32 +10,12 @@
 
 use std::sync::Arc;
 
-use axum::Router;
-use axum::routing::post;
-
 use super::decode::Rejection;
 use super::envelope::{Unwrapped, Unwrapping};
 use super::sources::{count_error, count_records, record_lag};
 use super::submit::{Arrival, SubmitError, json_lines, submit};
-use crate::server::AppState;
+use crate::server::state::AppState;
 use crate::tenants::{Tenant, valid_cluster_name};
-
-pub(crate) fn routes() -> Router<Arc<AppState>> {
-    Router::new()
-        .route(
-            "/ingest/firehose",
-            post(super::firehose_http::ingest_default),
-        )
-        .route(
-            "/ingest/firehose/{tenant}",
-            post(super::firehose_http::ingest_tenant),
-        )
-        .route("/ingest/pubsub", post(super::pubsub_http::ingest_default))
-        .route(
-            "/ingest/pubsub/{tenant}",
-            post(super::pubsub_http::ingest_tenant),
-        )
-}
 
 /// What a push brought, once handed over.
 #[derive(Debug, Default, serde::Serialize)]
@@ -57,7 +37,7 @@ pub(crate) fn deliver(
     source_cluster: Option<&str>,
     unwrapping: Unwrapping,
 ) -> Result<Delivered, SubmitError> {
-    let max_event = app.config.server.max_event_bytes;
+    let max_event = app.server.max_event_bytes;
     let mut out = Delivered {
         rejected: unwrapping.rejected,
         skipped: unwrapping.skipped.len(),

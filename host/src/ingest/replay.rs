@@ -1,11 +1,11 @@
 //! Reading recorded audit events from files, directories or stdin.
 //!
 //! Each input may hold one JSON document (an Event, an EventList or an array)
-//! or JSON lines. A whole document is tried first; if the input is not one
-//! JSON value, it is read as JSON lines, and each bad line is rejected with
-//! its number while the others are kept. `peregrine replay` streams JSON
-//! lines ([`stream_inputs`]): a line at a time, so an input of any length
-//! takes the memory of a few batches.
+//! or JSON lines, decoded by [`decode_input`]: a whole document is tried
+//! first; if the input is not one JSON value, it is read as JSON lines, and
+//! each bad line is rejected with its number while the others are kept.
+//! `peregrine replay` streams JSON lines ([`stream_inputs`]): a line at a
+//! time, so an input of any length takes the memory of a few batches.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use peregrine_sdk::audit::AuditEvent;
 
-use super::decode::{Decoded, PayloadError, Rejection, decode_payload};
+use super::decode::{Decoded, Rejection, decode_input};
 
 /// Where events come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -359,73 +359,11 @@ fn skip_line(reader: &mut dyn std::io::BufRead) -> std::io::Result<()> {
     }
 }
 
-/// Decodes the bytes of one input: one document, else JSON lines.
-pub fn decode_input(bytes: &[u8], max_event_bytes: usize) -> Decoded {
-    match decode_payload(bytes, max_event_bytes) {
-        Ok(d) => return d,
-        Err(PayloadError::NotAudit(reason)) => {
-            return Decoded {
-                events: Vec::new(),
-                rejected: vec![Rejection {
-                    at: String::new(),
-                    reason,
-                    kind: "not_an_event",
-                }],
-            };
-        }
-        Err(PayloadError::NotJson(_)) => {}
-    }
-    let mut out = Decoded::default();
-    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let at = format!("line {}", i + 1);
-        match decode_payload(line, max_event_bytes) {
-            Ok(d) => {
-                out.events.extend(d.events);
-                out.rejected
-                    .extend(d.rejected.into_iter().map(|r| Rejection {
-                        at: if r.at.is_empty() {
-                            at.clone()
-                        } else {
-                            format!("{at} {}", r.at)
-                        },
-                        ..r
-                    }));
-            }
-            Err(e) => out.rejected.push(Rejection {
-                at,
-                reason: e.to_string(),
-                kind: match e {
-                    PayloadError::NotJson(_) => "not_json",
-                    PayloadError::NotAudit(_) => "not_an_event",
-                },
-            }),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const EV: &str = r#"{"kind":"Event","auditID":"a","stage":"ResponseComplete","verb":"get"}"#;
-
-    #[test]
-    fn reads_documents_and_json_lines() {
-        assert_eq!(decode_input(EV.as_bytes(), 1 << 20).events.len(), 1);
-        let pretty =
-            serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(EV).unwrap())
-                .unwrap();
-        assert_eq!(decode_input(pretty.as_bytes(), 1 << 20).events.len(), 1);
-        let lines = format!("{EV}\n\n{EV}\nnot json\n{{\"kind\":\"Pod\"}}\n{EV}\n");
-        let r = decode_input(lines.as_bytes(), 1 << 20);
-        assert_eq!(r.events.len(), 3);
-        let places: Vec<_> = r.rejected.iter().map(|p| p.at.as_str()).collect();
-        assert_eq!(places, ["line 4", "line 5"]);
-    }
 
     fn aks_line(i: usize, cluster: &str) -> String {
         let event = format!(
@@ -603,18 +541,6 @@ mod tests {
                 .filter(|i| matches!(i, Item::Events { .. }))
                 .count(),
             3
-        );
-    }
-
-    #[test]
-    fn falco_fal_01_003_is_reported_not_crashed_on() {
-        let r = decode_input(br#"{"kind": 0}"#, 1 << 20);
-        assert!(r.events.is_empty());
-        assert_eq!(r.rejected.len(), 1);
-        assert!(
-            r.rejected[0]
-                .reason
-                .starts_with("data not recognized as a k8s audit event")
         );
     }
 }

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use peregrine_sdk::audit::AuditEvent;
 
-use crate::evaluate::{Batch, QueueError};
 use crate::ingest::journal::JournalEntry;
-use crate::server::AppState;
+use crate::queue::{Batch, QueueError};
+use crate::server::state::AppState;
 use crate::tenants::{CLUSTER_NAME_RULE, Tenant, valid_cluster_name};
 
 /// The cluster a request names, checked: a valid name the tenant may use;

@@ -13,11 +13,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::decode::{Rejection, decode_payload};
+use super::decode::{PayloadError, Rejection, decode_input, decode_payload};
 use super::journal::Journal;
-use super::replay::decode_input;
-use crate::evaluate::{Batch, QueueError};
-use crate::server::AppState;
+use crate::queue::{Batch, QueueError};
+use crate::server::error::HttpError;
+use crate::server::state::AppState;
 use crate::tenants::AuthError;
 use crate::tenants::Tenant;
 use peregrine_sdk::audit::AuditEvent;
@@ -44,21 +44,10 @@ pub(crate) fn capped(mut rejected: Vec<Rejection>) -> (Vec<Rejection>, usize) {
     (rejected, count)
 }
 
-pub(crate) fn error_response(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
-}
-
-fn reject_request(
-    reason: &'static str,
-    status: StatusCode,
-    message: impl Into<String>,
-) -> Response {
+/// Counts a request refused before its events were looked at, and answers.
+fn reject_request(reason: &'static str, error: HttpError) -> Response {
     metrics::counter!("peregrine_requests_rejected_total", "reason" => reason).increment(1);
-    error_response(status, message)
+    error.into_response()
 }
 
 pub(crate) async fn ingest_default(
@@ -102,37 +91,38 @@ async fn ingest(
         Err(AuthError::UnknownTenant) => {
             return reject_request(
                 "unknown_tenant",
-                StatusCode::NOT_FOUND,
-                format!("unknown tenant `{tenant_id}`"),
+                HttpError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("unknown tenant `{tenant_id}`"),
+                ),
             );
         }
         Err(e @ (AuthError::MissingCredentials | AuthError::BadCredentials)) => {
-            let mut r = reject_request("unauthorized", StatusCode::UNAUTHORIZED, e.to_string());
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
+            return reject_request("unauthorized", HttpError::unauthorized(e.to_string()));
         }
     };
     let cluster: Arc<str> = match crate::ingest::submit::claimed_cluster(&tenant, cluster) {
         Ok(c) => c,
-        Err((status, message)) => return reject_request("cluster", status, message),
+        Err((status, message)) => {
+            return reject_request("cluster", HttpError::new(status, message));
+        }
     };
     tracing::Span::current().record("cluster", &*cluster);
 
     let Some(body_kind) = body_kind(&headers) else {
         return reject_request(
             "content_type",
-            StatusCode::BAD_REQUEST,
-            "content type must be application/json, or application/x-ndjson for JSON lines \
-             (with curl: -H 'Content-Type: application/json')",
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "content type must be application/json, or application/x-ndjson for JSON lines \
+                 (with curl: -H 'Content-Type: application/json')",
+            ),
         );
     };
 
-    let body: Bytes = match super::body::read_body(&app.config.server, &headers, body).await {
+    let body: Bytes = match super::body::read_body(&app.server, &headers, body).await {
         Ok(b) => b,
-        Err(e) => return error_response(e.status(), e.to_string()),
+        Err(e) => return HttpError::new(e.status(), e.to_string()).into_response(),
     };
 
     // Decoding a 12 MiB body takes milliseconds, and the journal writes to
@@ -141,106 +131,105 @@ async fn ingest(
         let (app, tenant, cluster) = (app.clone(), tenant.clone(), cluster.clone());
         move || accept(&app, &tenant, &cluster, &body, body_kind)
     };
-    let Ingested {
-        events,
-        duplicates,
-        rejected,
-        journal,
-        keys,
-    } = match tokio::task::spawn_blocking(job).await {
-        Ok(Ok(i)) => i,
-        Ok(Err(response)) => return *response,
+    let taken = match tokio::task::spawn_blocking(job).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(refused)) => return HttpError::from(refused).into_response(),
         Err(e) => {
-            return error_response(
+            return HttpError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("decoder failed: {e}"),
-            );
+            )
+            .into_response();
         }
     };
-    let accepted = events.len();
-    let span = tracing::Span::current();
-    span.record("events", accepted);
-    span.record("rejected", rejected.len());
-    span.record("duplicates", duplicates);
-
-    if accepted > 0 {
-        let batch = Batch {
-            tenant: tenant.id.clone(),
-            cluster,
-            events,
-            reply: None,
-            journal: journal
-                .as_ref()
-                .map(|(j, id)| crate::ingest::journal::JournalEntry::new(j.clone(), *id)),
-        };
-        if let Err(e) = app.queue.push(batch, tenant.queue_share()) {
-            if let Some((j, id)) = journal {
-                j.complete(id);
-            }
-            // Not queued, so not acknowledged: the apiserver will resend, and
-            // the resent events must not be dropped as duplicates.
-            app.dedup.forget(
-                &tenant.id,
-                keys.iter().map(|(a, s)| (a.as_str(), s.as_str())),
-            );
-            let reason = match e {
-                QueueError::Full => "queue_full",
-                QueueError::TenantFull => "tenant_queue_full",
-                QueueError::Closed => "shutting_down",
-            };
-            metrics::counter!("peregrine_requests_rejected_total", "reason" => reason).increment(1);
-            super::submit::count_refused(reason, accepted);
-            if e == QueueError::Closed {
-                return error_response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-            }
-            return too_many(1, format!("{e}; retry later"));
-        }
-        metrics::counter!("peregrine_events_received_total", "tenant" => tenant.id.to_string())
-            .increment(accepted as u64);
+    match queue(&app, &tenant, cluster, taken) {
+        Ok(summary) => (StatusCode::OK, axum::Json(summary)).into_response(),
+        Err(refused) => HttpError::from(refused).into_response(),
     }
-    let (rejected, rejected_count) = capped(rejected);
-    (
-        StatusCode::OK,
-        axum::Json(IngestSummary {
-            accepted,
-            duplicates,
-            rejected,
-            rejected_count,
-        }),
-    )
-        .into_response()
 }
 
-/// What a request brought, once decoded, deduplicated and journalled.
-struct Ingested {
+/// Why a request's events were not taken. Apart from a bad payload, the
+/// apiserver should resend them, and nothing of them is kept.
+#[derive(Debug)]
+enum Refused {
+    BadPayload(PayloadError),
+    TenantRate { tenant: Arc<str>, retry_after: u64 },
+    Journal,
+    Queue(QueueError),
+}
+
+impl From<Refused> for HttpError {
+    fn from(r: Refused) -> Self {
+        match r {
+            Refused::BadPayload(e) => HttpError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            Refused::TenantRate {
+                tenant,
+                retry_after,
+            } => HttpError::too_many(
+                retry_after,
+                format!("tenant `{tenant}` is over its events-per-second quota"),
+            ),
+            Refused::Journal => HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cannot write the ingest journal; retry later",
+            ),
+            Refused::Queue(QueueError::Closed) => {
+                HttpError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+            }
+            Refused::Queue(e) => HttpError::too_many(1, format!("{e}; retry later")),
+        }
+    }
+}
+
+/// What a request brought, once decoded, deduplicated and journalled, and
+/// not yet queued.
+struct Taken {
     events: Vec<AuditEvent>,
     duplicates: usize,
     rejected: Vec<Rejection>,
-    journal: Option<(Arc<Journal>, u64)>,
-    /// (auditID, stage) of `events`, to forget them if they are not queued.
+    undo: Undo,
+}
+
+/// What to undo for events taken but then not queued: their journal entry,
+/// and their place among the events seen, so the apiserver's resend is not
+/// dropped as duplicates.
+struct Undo {
+    /// (auditID, stage) of the events.
     keys: Vec<(String, String)>,
+    journal: Option<(Arc<Journal>, u64)>,
+}
+
+impl Undo {
+    fn run(self, app: &AppState, tenant: &Tenant) {
+        if let Some((j, id)) = self.journal {
+            j.complete(id);
+        }
+        app.dedup.forget(
+            &tenant.id,
+            self.keys.iter().map(|(a, s)| (a.as_str(), s.as_str())),
+        );
+    }
 }
 
 /// Decodes the body, drops duplicates, takes the tenant's rate budget and
-/// writes the accepted events to the journal; or the answer to give.
+/// writes the accepted events to the journal. Blocking (decoding, the
+/// journal's file): call it off the async threads.
 fn accept(
     app: &AppState,
     tenant: &Tenant,
     cluster: &str,
     body: &[u8],
     body_kind: BodyKind,
-) -> Result<Ingested, Box<Response>> {
-    let max_event = app.config.server.max_event_bytes;
+) -> Result<Taken, Refused> {
+    let max_event = app.server.max_event_bytes;
     let decoded = match body_kind {
         BodyKind::Json => decode_payload(body, max_event),
         BodyKind::JsonLines => Ok(decode_input(body, max_event)),
     }
     .map_err(|e| {
-        Box::new(reject_request(
-            "bad_payload",
-            StatusCode::BAD_REQUEST,
-            e.to_string(),
-        ))
+        metrics::counter!("peregrine_requests_rejected_total", "reason" => "bad_payload")
+            .increment(1);
+        Refused::BadPayload(e)
     })?;
     super::decode::count_rejected(&decoded.rejected, &tenant.id, "webhook");
 
@@ -254,65 +243,100 @@ fn accept(
         }
     }
     metrics::counter!("peregrine_events_deduplicated_total").increment(duplicates as u64);
-    let keys: Vec<(String, String)> = events
-        .iter()
-        .map(|e| (e.audit_id.clone(), e.stage.clone()))
-        .collect();
-    let forget = || {
-        app.dedup.forget(
-            &tenant.id,
-            keys.iter().map(|(a, s)| (a.as_str(), s.as_str())),
-        )
+    let mut undo = Undo {
+        keys: events
+            .iter()
+            .map(|e| (e.audit_id.clone(), e.stage.clone()))
+            .collect(),
+        journal: None,
     };
 
     if let Err(retry_after) = tenant.admit(events.len()) {
-        forget();
+        undo.run(app, tenant);
         metrics::counter!("peregrine_requests_rejected_total", "reason" => "tenant_rate")
             .increment(1);
         super::submit::count_refused("tenant_rate", events.len());
-        return Err(Box::new(too_many(
+        return Err(Refused::TenantRate {
+            tenant: tenant.id.clone(),
             retry_after,
-            format!("tenant `{}` is over its events-per-second quota", tenant.id),
-        )));
+        });
     }
 
     // On disk before the answer: an acknowledged event survives a crash.
     // The body is stored as it came, with the keys of the events accepted
     // from it, rather than the events re-encoded.
-    let journal = match (&app.journal, events.is_empty()) {
-        (Some(journal), false) => {
-            let json_lines = matches!(body_kind, BodyKind::JsonLines);
-            match journal.append(&tenant.id, cluster, body, json_lines, &keys) {
-                Ok(id) => Some((journal.clone(), id)),
-                Err(e) => {
-                    forget();
-                    super::submit::count_refused("journal", events.len());
-                    tracing::error!("cannot journal accepted events: {e}");
-                    return Err(Box::new(error_response(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "cannot write the ingest journal; retry later",
-                    )));
-                }
+    if let (Some(journal), false) = (&app.journal, events.is_empty()) {
+        let json_lines = matches!(body_kind, BodyKind::JsonLines);
+        match journal.append(&tenant.id, cluster, body, json_lines, &undo.keys) {
+            Ok(id) => undo.journal = Some((journal.clone(), id)),
+            Err(e) => {
+                undo.run(app, tenant);
+                super::submit::count_refused("journal", events.len());
+                tracing::error!("cannot journal accepted events: {e}");
+                return Err(Refused::Journal);
             }
         }
-        _ => None,
-    };
-    Ok(Ingested {
+    }
+    Ok(Taken {
         events,
         duplicates,
         rejected: decoded.rejected,
-        journal,
-        keys,
+        undo,
     })
 }
 
-fn too_many(retry_after_secs: u64, message: String) -> Response {
-    let mut r = error_response(StatusCode::TOO_MANY_REQUESTS, message);
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        header::HeaderValue::from(retry_after_secs.max(1)),
-    );
-    r
+/// Queues what [`accept`] took; if the queue refuses, undoes the rest.
+fn queue(
+    app: &AppState,
+    tenant: &Tenant,
+    cluster: Arc<str>,
+    taken: Taken,
+) -> Result<IngestSummary, Refused> {
+    let Taken {
+        events,
+        duplicates,
+        rejected,
+        undo,
+    } = taken;
+    let accepted = events.len();
+    let span = tracing::Span::current();
+    span.record("events", accepted);
+    span.record("rejected", rejected.len());
+    span.record("duplicates", duplicates);
+
+    if accepted > 0 {
+        let batch = Batch {
+            tenant: tenant.id.clone(),
+            cluster,
+            events,
+            reply: None,
+            journal: undo
+                .journal
+                .as_ref()
+                .map(|(j, id)| crate::ingest::journal::JournalEntry::new(j.clone(), *id)),
+        };
+        if let Err(e) = app.queue.push(batch, tenant.queue_share()) {
+            // Not queued, so not acknowledged: the apiserver will resend.
+            undo.run(app, tenant);
+            let reason = match e {
+                QueueError::Full => "queue_full",
+                QueueError::TenantFull => "tenant_queue_full",
+                QueueError::Closed => "shutting_down",
+            };
+            metrics::counter!("peregrine_requests_rejected_total", "reason" => reason).increment(1);
+            super::submit::count_refused(reason, accepted);
+            return Err(Refused::Queue(e));
+        }
+        metrics::counter!("peregrine_events_received_total", "tenant" => tenant.id.to_string())
+            .increment(accepted as u64);
+    }
+    let (rejected, rejected_count) = capped(rejected);
+    Ok(IngestSummary {
+        accepted,
+        duplicates,
+        rejected,
+        rejected_count,
+    })
 }
 
 #[derive(Clone, Copy)]

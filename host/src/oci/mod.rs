@@ -6,6 +6,7 @@
 //! credentials and CAs come from, and when plain HTTP is allowed.
 
 mod artifact;
+pub mod config;
 mod source;
 
 use std::path::{Path, PathBuf};
@@ -21,9 +22,8 @@ pub use artifact::{
     CONFIG_MEDIA_TYPE, MAX_LAYERS, MAX_MANIFEST_BYTES, MODULE_MEDIA_TYPE, ModuleArtifact, pull,
     push, resolve, validate_manifest,
 };
-pub use source::{
-    OciSource, OciSourceConfig, Pollers, RuleSourceConfig, SourceReport, Sources, SyncOutcome,
-};
+pub use config::{OciSourceConfig, RuleSourceConfig};
+pub use source::{OciSource, Pollers, SourceReport, Sources, SyncOutcome};
 
 /// Why talking to a registry, or what it answered, did not give a module.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::BuildError;
 use super::delivery::{Deliver, OutputDeliveryConfig, SendError, SendFailure};
 use crate::alert::Alert;
-use crate::config::AlertFormat;
+use crate::alert::AlertFormat;
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::AlertFormat;
+use crate::alert::AlertFormat;
 use delivery::{OutputDeliveryConfig, OutputHandle, Settings};
 pub(crate) use lifecycle::FlushLoop;
 pub use lifecycle::{DeliveryConfig, Outputs, OutputsError};

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::delivery::{Deliver, OutputDeliveryConfig, SendError, SendFailure};
 use crate::alert::Alert;
-use crate::config::AlertFormat;
-use crate::evaluate::AlertSink;
+use crate::alert::AlertFormat;
+use crate::alert::AlertSink;
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -13,8 +13,8 @@ use tokio::net::{TcpStream, UdpSocket};
 
 use super::BuildError;
 use super::delivery::{Deliver, OutputDeliveryConfig, SendError, SendFailure};
+use crate::alert::AlertFormat;
 use crate::alert::{Alert, Priority};
-use crate::config::AlertFormat;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -6,14 +6,10 @@ use std::time::SystemTime;
 use peregrine_sdk::ModuleInfo;
 use sha2::{Digest, Sha256};
 
-use super::{LoadedModule, Scope, StateStore};
+use super::{LoadedModule, MAX_MODULE_BYTES, Scope, StateStore};
 use crate::config::PeregrineConfig;
 use crate::engine::{CallError, CompiledModule, LoadError, SandboxLimits, WasmEngine};
 
-/// Components larger than this are refused before compilation. Python and
-/// JavaScript modules are 12-40 MB; this leaves room without letting a stray
-/// file exhaust memory.
-pub const MAX_MODULE_BYTES: u64 = 256 << 20;
 const MAX_RULES_PER_MODULE: usize = 1_000;
 const MAX_TEXT: usize = 4_096;
 

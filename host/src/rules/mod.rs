@@ -3,6 +3,7 @@
 //! read without locks while the reloader builds the next one.
 
 mod loader;
+pub mod registry;
 mod state;
 
 use std::collections::HashMap;
@@ -15,11 +16,13 @@ use peregrine_sdk::{ModuleInfo, RuleInfo};
 
 use crate::engine::{CompiledModule, SandboxLimits};
 
-pub use loader::{
-    LoadFailure, MAX_MODULE_BYTES, ModuleLoader, digest_of, discover_modules, module_key,
-    read_module,
-};
+pub use loader::{LoadFailure, ModuleLoader, digest_of, discover_modules, module_key, read_module};
 pub use state::StateStore;
+
+/// Components larger than this are refused before compilation. Python and
+/// JavaScript modules are 12-40 MB; this leaves room without letting a stray
+/// file exhaust memory.
+pub const MAX_MODULE_BYTES: u64 = 256 << 20;
 
 /// Who a module serves: every tenant, or one.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use crate::alert::AlertSink;
 use crate::alert::{Alert, Priority};
-use crate::evaluate::AlertSink;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]

@@ -26,8 +26,8 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::alert::Alert;
+use crate::alert::AlertSink;
 use crate::config::{PeregrineConfig, RuleMatching};
-use crate::evaluate::AlertSink;
 
 pub use rss::RssArgs;
 

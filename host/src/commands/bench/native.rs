@@ -19,8 +19,8 @@ use peregrine_sdk::audit::AuditEvent;
 use peregrine_sdk::{Event, ModuleInfo, RuleModule};
 
 use crate::alert::Alert;
+use crate::alert::{AlertOrigin, accept_alerts};
 use crate::config::{PeregrineConfig, RuleMatching};
-use crate::evaluate::{AlertOrigin, accept_alerts};
 
 /// The pack's file name as `make rules` builds it.
 pub(crate) const PACK_FILE: &str = "falco_k8s_audit.wasm";

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use super::native::{PACK_FILE, PACK_KEY};
 use super::stream::Stream;
 use super::{BenchEnv, median};
+use crate::alert::RuleMatching;
 use crate::app::Peregrine;
-use crate::config::RuleMatching;
 use crate::ingest::decode::decode_payload;
 use crate::tenants::DEFAULT_TENANT;
 

@@ -61,7 +61,7 @@ pub fn child(args: RssArgs) -> anyhow::Result<i32> {
     )?;
     let modules = pipeline.rules().current().load().modules.len();
     let text = std::fs::read(&args.events)?;
-    let events = crate::ingest::replay::decode_input(&text, config.server.max_event_bytes).events;
+    let events = crate::ingest::decode::decode_input(&text, config.server.max_event_bytes).events;
     drop(text);
     let tenant: Arc<str> = DEFAULT_TENANT.into();
     let mut order = pipeline.in_order(&tenant);

@@ -28,13 +28,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::aws_credentials::Provider;
+use super::config::{CloudWatchSourceConfig, StartAt};
 use super::sigv4::{self, Credentials};
-use super::{StartAt, count_error, count_records, record_lag};
+use super::{count_error, count_records, record_lag};
+use crate::ingest::decode::decode_input;
 use crate::ingest::envelope::shown;
-use crate::ingest::replay::decode_input;
 use crate::ingest::submit::{Arrival, SubmitError, submit};
-use crate::outputs::http::{HttpClient, TlsConfig, client, parse_url};
-use crate::server::AppState;
+use crate::outputs::http::{HttpClient, TlsConfig, client};
+use crate::server::state::AppState;
 use crate::tenants::Tenant;
 
 const TARGET: &str = "Logs_20140328.FilterLogEvents";
@@ -47,135 +48,6 @@ const MAX_PAGES_PER_POLL: usize = 1000;
 const MAX_IDS: usize = 50_000;
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CloudWatchSourceConfig {
-    /// Name in metrics and logs. Default: `cloudwatch:<log group>`.
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default = "super::default_tenant")]
-    pub tenant: String,
-    /// The EKS cluster: names the default log group and every event's
-    /// cluster. Without it, `log_group` is required and events carry the
-    /// tenant's cluster.
-    #[serde(default)]
-    pub cluster: Option<String>,
-    /// The AWS region of the log group (`us-east-1`).
-    pub region: String,
-    /// Default: `/aws/eks/<cluster>/cluster`.
-    #[serde(default)]
-    pub log_group: Option<String>,
-    #[serde(default = "default_prefix")]
-    pub log_stream_prefix: String,
-    /// The CloudWatch Logs URL instead of `https://logs.<region>.amazonaws.com/`
-    /// (a VPC endpoint).
-    #[serde(default)]
-    pub endpoint: Option<String>,
-    /// The STS URL for web-identity credentials instead of
-    /// `https://sts.<region>.amazonaws.com/`.
-    #[serde(default)]
-    pub sts_endpoint: Option<String>,
-    /// Where to start when no position is saved: `end` (from now) or
-    /// `beginning` (everything the log group retains).
-    #[serde(default)]
-    pub start_at: StartAt,
-    /// Default: `sources/cloudwatch-<hash>.json` beside the journal directory.
-    #[serde(default)]
-    pub position_file: Option<PathBuf>,
-    #[serde(default = "default_poll_ms")]
-    pub poll_interval_ms: u64,
-    /// Events per page (`limit`, 1 to 10000). Default: the API's (10000).
-    #[serde(default)]
-    pub page_size: Option<u32>,
-    /// Timeout of one API call.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// How far before the newest event taken each poll asks again, for
-    /// events CloudWatch ingests late (another apiserver's stream); the ids
-    /// already taken in that window are skipped.
-    #[serde(default = "default_lookback_ms")]
-    pub lookback_ms: u64,
-}
-
-fn default_prefix() -> String {
-    "kube-apiserver-audit".to_string()
-}
-fn default_poll_ms() -> u64 {
-    10_000
-}
-fn default_timeout_ms() -> u64 {
-    30_000
-}
-fn default_lookback_ms() -> u64 {
-    60_000
-}
-
-impl CloudWatchSourceConfig {
-    pub fn log_group(&self) -> String {
-        match (&self.log_group, &self.cluster) {
-            (Some(g), _) => g.clone(),
-            (None, Some(c)) => format!("/aws/eks/{c}/cluster"),
-            (None, None) => String::new(),
-        }
-    }
-
-    pub fn name(&self) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| format!("cloudwatch:{}", self.log_group()))
-    }
-
-    fn url(&self) -> Result<url::Url, String> {
-        let u = match &self.endpoint {
-            Some(e) => e.clone(),
-            None => format!("https://logs.{}.amazonaws.com/", self.region),
-        };
-        parse_url("endpoint", &u).map_err(|e| e.to_string())
-    }
-
-    fn sts_url(&self) -> Result<url::Url, String> {
-        let u = match &self.sts_endpoint {
-            Some(e) => e.clone(),
-            None => format!("https://sts.{}.amazonaws.com/", self.region),
-        };
-        parse_url("sts_endpoint", &u).map_err(|e| e.to_string())
-    }
-
-    pub(super) fn validate(&self) -> Result<(), String> {
-        let region_ok = !self.region.is_empty()
-            && self.region.len() <= 32
-            && self
-                .region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !region_ok {
-            return Err("region must be an AWS region name such as `us-east-1`".into());
-        }
-        let group = self.log_group();
-        if group.is_empty() {
-            return Err("log_group is required when cluster is not set".into());
-        }
-        if group.len() > 512 || self.log_stream_prefix.len() > 512 {
-            return Err("log_group and log_stream_prefix are at most 512 characters".into());
-        }
-        if !(10..=3_600_000).contains(&self.poll_interval_ms) {
-            return Err("poll_interval_ms must be between 10 and 3600000".into());
-        }
-        if self.page_size.is_some_and(|n| !(1..=10_000).contains(&n)) {
-            return Err("page_size must be between 1 and 10000".into());
-        }
-        if self.lookback_ms > 3_600_000 {
-            return Err("lookback_ms must be at most 3600000".into());
-        }
-        if !(100..=600_000).contains(&self.timeout_ms) {
-            return Err("timeout_ms must be between 100 and 600000".into());
-        }
-        self.url()?;
-        self.sts_url()?;
-        Ok(())
-    }
-}
 
 /// What the position file holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -493,7 +365,7 @@ impl Poller {
 
     /// Submits the page's messages (JSON lines), waiting while the pipeline is full.
     fn submit(&self, body: &[u8]) -> Result<(), PollError> {
-        let decoded = decode_input(body, self.app.config.server.max_event_bytes);
+        let decoded = decode_input(body, self.app.server.max_event_bytes);
         for r in decoded.rejected.iter().filter(|r| r.kind != "too_large") {
             tracing::warn!(at = %r.at, "log event rejected: {}", r.reason);
         }
@@ -516,7 +388,7 @@ impl Poller {
                     record_lag(&self.name, &decoded.events);
                     return Ok(());
                 }
-                Err(SubmitError::Queue(crate::evaluate::QueueError::Closed)) => {
+                Err(SubmitError::Queue(crate::queue::QueueError::Closed)) => {
                     return Err(PollError::Shutdown);
                 }
                 Err(e) => {

@@ -23,89 +23,16 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use super::config::{FileSourceConfig, StartAt};
 use super::{count_error, count_records, record_lag};
-use crate::ingest::replay::decode_input;
+use crate::ingest::decode::decode_input;
 use crate::ingest::submit::{Arrival, SubmitError, submit};
-use crate::server::AppState;
+use crate::server::state::AppState;
 use crate::tenants::Tenant;
 
 /// Lines handed to the pipeline at a time (each batch one journal entry).
 const BATCH_LINES: usize = 500;
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSourceConfig {
-    /// Name in metrics and logs. Default: `file:<path>`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// Tenant of the events.
-    #[serde(default = "super::default_tenant")]
-    pub tenant: String,
-    /// Cluster of the events. Default: the tenant's.
-    #[serde(default)]
-    pub cluster: Option<String>,
-    /// The audit log file (`--audit-log-path`).
-    pub path: PathBuf,
-    /// Where to start when no position is saved: `end` (only what is
-    /// written from now on) or `beginning` (the whole file).
-    #[serde(default)]
-    pub start_at: StartAt,
-    /// Where the position is saved. Default: `sources/file-<hash of
-    /// path>.json` beside the journal directory.
-    #[serde(default)]
-    pub position_file: Option<PathBuf>,
-    /// How often the file is checked for new lines and rotation.
-    #[serde(default = "default_poll_ms")]
-    pub poll_interval_ms: u64,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StartAt {
-    #[default]
-    End,
-    Beginning,
-}
-
-fn default_poll_ms() -> u64 {
-    250
-}
-
-impl FileSourceConfig {
-    pub fn name(&self) -> String {
-        self.name
-            .clone()
-            .unwrap_or_else(|| format!("file:{}", self.path.display()))
-    }
-
-    pub(super) fn validate(&self) -> Result<(), String> {
-        if self.path.as_os_str().is_empty() {
-            return Err("path must not be empty".into());
-        }
-        if !(10..=60_000).contains(&self.poll_interval_ms) {
-            return Err("poll_interval_ms must be between 10 and 60000".into());
-        }
-        Ok(())
-    }
-
-    /// The position file: configured, or beside the journal directory.
-    pub fn resolved_position_file(&self, journal_dir: Option<&Path>) -> Option<PathBuf> {
-        if let Some(p) = &self.position_file {
-            return Some(p.clone());
-        }
-        let base = match journal_dir {
-            Some(j) => j.parent().map(Path::to_path_buf)?,
-            None => crate::paths::xdg_dir("XDG_DATA_HOME", ".local/share")?.join("peregrine"),
-        };
-        let digest = hex::encode(Sha256::digest(self.path.as_os_str().as_encoded_bytes()));
-        Some(
-            base.join("sources")
-                .join(format!("file-{}.json", &digest[..16])),
-        )
-    }
-}
 
 /// What the position file holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,7 +267,7 @@ impl Tail {
     /// `to_end`, to the end of the file), handing each batch of lines to
     /// the pipeline and saving the position after each.
     fn read_available(&mut self, to_end: bool) -> Result<(), Stop> {
-        let max_line = self.app.config.server.max_body_bytes as u64;
+        let max_line = self.app.server.max_body_bytes as u64;
         loop {
             let open = self.open.as_mut().expect("a file is open");
             let len = open.file.metadata().map_err(Stop::Io)?.len();
@@ -413,7 +340,7 @@ impl Tail {
 
     /// Submits one batch of lines, waiting while the pipeline is full.
     fn submit_chunk(&self, chunk: &[u8]) -> Result<(), Stop> {
-        let max_event = self.app.config.server.max_event_bytes;
+        let max_event = self.app.server.max_event_bytes;
         let decoded = decode_input(chunk, max_event);
         // Oversize events are logged by `count_rejected`, rate-limited.
         for r in decoded.rejected.iter().filter(|r| r.kind != "too_large") {
@@ -438,7 +365,7 @@ impl Tail {
                     record_lag(&self.name, &decoded.events);
                     return Ok(());
                 }
-                Err(SubmitError::Queue(crate::evaluate::QueueError::Closed)) => {
+                Err(SubmitError::Queue(crate::queue::QueueError::Closed)) => {
                     return Err(Stop::Shutdown);
                 }
                 Err(e) => {

@@ -14,209 +14,24 @@
 
 pub(crate) mod aws_credentials;
 pub(crate) mod cloudwatch;
+pub mod config;
 pub(crate) mod file;
+pub mod pull;
 pub(crate) mod sigv4;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::config::PeregrineConfig;
-use crate::tenants::{CLUSTER_NAME_RULE, DEFAULT_TENANT, valid_cluster_name};
+use config::push_name;
 
-pub use cloudwatch::CloudWatchSourceConfig;
-pub use file::{FileSourceConfig, StartAt};
-
-/// One `[[sources]]` entry; `type` selects the kind.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum SourceConfig {
-    File(FileSourceConfig),
-    #[serde(rename = "cloudwatch")]
-    CloudWatch(CloudWatchSourceConfig),
-    Firehose(FirehoseSourceConfig),
-    PubsubPush(PubsubPushConfig),
-}
-
-/// `type = "firehose"`: the tenant's Firehose endpoint.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct FirehoseSourceConfig {
-    /// Name in metrics and logs. Default: `firehose/<tenant>`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The tenant whose endpoint this is (`/ingest/firehose/<tenant>`);
-    /// Firehose's access key must be one of its tokens.
-    #[serde(default = "default_tenant")]
-    pub tenant: String,
-    /// Cluster of every event it brings. Default: the one in the log group
-    /// (`/aws/eks/<cluster>/cluster`), else the tenant's.
-    #[serde(default)]
-    pub cluster: Option<String>,
-}
-
-/// `type = "pubsub_push"`: the tenant's Pub/Sub push endpoint.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PubsubPushConfig {
-    /// Name in metrics and logs. Default: `pubsub/<tenant>`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// The tenant whose endpoint this is (`/ingest/pubsub/<tenant>`).
-    #[serde(default = "default_tenant")]
-    pub tenant: String,
-    /// Cluster of every event it brings. Default: the LogEntry's
-    /// `resource.labels.cluster_name`, else the tenant's.
-    #[serde(default)]
-    pub cluster: Option<String>,
-    /// The audience the push subscription's OIDC token carries. Set, every
-    /// push must bear a valid token (`Authorization: Bearer <JWT>`, RS256,
-    /// signed by a key of `jwks_url` or `jwks_file`). Unset, the tenant's
-    /// own rule applies (open, or one of its tokens as the bearer).
-    #[serde(default)]
-    pub audience: Option<String>,
-    /// Where the signing keys are published (a JSON Web Key Set).
-    #[serde(default = "default_jwks_url")]
-    pub jwks_url: String,
-    /// A JSON Web Key Set file to use instead of `jwks_url`.
-    #[serde(default)]
-    pub jwks_file: Option<PathBuf>,
-    /// Accepted `iss` claims.
-    #[serde(default = "default_issuers")]
-    pub issuers: Vec<String>,
-    /// The service account the subscription pushes as (the token's
-    /// `email`, which must be verified). Unset: any.
-    #[serde(default)]
-    pub service_account_email: Option<String>,
-}
-
-fn default_tenant() -> String {
-    DEFAULT_TENANT.to_string()
-}
-
-fn default_jwks_url() -> String {
-    "https://www.googleapis.com/oauth2/v3/certs".to_string()
-}
-
-fn default_issuers() -> Vec<String> {
-    vec![
-        "https://accounts.google.com".to_string(),
-        "accounts.google.com".to_string(),
-    ]
-}
-
-impl SourceConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SourceConfig::File(_) => "file",
-            SourceConfig::CloudWatch(_) => "cloudwatch",
-            SourceConfig::Firehose(_) => "firehose",
-            SourceConfig::PubsubPush(_) => "pubsub_push",
-        }
-    }
-
-    pub fn tenant(&self) -> &str {
-        match self {
-            SourceConfig::File(c) => &c.tenant,
-            SourceConfig::CloudWatch(c) => &c.tenant,
-            SourceConfig::Firehose(c) => &c.tenant,
-            SourceConfig::PubsubPush(c) => &c.tenant,
-        }
-    }
-
-    pub fn cluster(&self) -> Option<&str> {
-        match self {
-            SourceConfig::File(c) => c.cluster.as_deref(),
-            SourceConfig::CloudWatch(c) => c.cluster.as_deref(),
-            SourceConfig::Firehose(c) => c.cluster.as_deref(),
-            SourceConfig::PubsubPush(c) => c.cluster.as_deref(),
-        }
-    }
-
-    /// The name in metrics and logs.
-    pub fn name(&self) -> String {
-        match self {
-            SourceConfig::File(c) => c.name(),
-            SourceConfig::CloudWatch(c) => c.name(),
-            SourceConfig::Firehose(c) => c
-                .name
-                .clone()
-                .unwrap_or_else(|| push_name("firehose", &c.tenant)),
-            SourceConfig::PubsubPush(c) => c
-                .name
-                .clone()
-                .unwrap_or_else(|| push_name("pubsub", &c.tenant)),
-        }
-    }
-}
-
-/// The metrics label of a push endpoint without a `[[sources]]` entry.
-pub(crate) fn push_name(kind: &str, tenant: &str) -> String {
-    format!("{kind}/{tenant}")
-}
-
-/// Checks the sources against the rest of the configuration.
-pub fn validate(config: &PeregrineConfig) -> Result<(), String> {
-    let mut names = BTreeMap::new();
-    let mut push = BTreeMap::new();
-    for (i, s) in config.sources.iter().enumerate() {
-        let at = format!("sources[{i}] ({})", s.kind());
-        let tenant = s.tenant();
-        if tenant != DEFAULT_TENANT && !config.tenants.contains_key(tenant) {
-            return Err(format!("{at}: tenant `{tenant}` is not configured"));
-        }
-        if let Some(c) = s.cluster() {
-            if !valid_cluster_name(c) {
-                return Err(format!("{at}: cluster `{c}` {CLUSTER_NAME_RULE}"));
-            }
-            let allowed = config
-                .tenants
-                .get(tenant)
-                .is_none_or(|t| t.clusters.is_empty() || t.clusters.iter().any(|x| x == c));
-            if !allowed {
-                return Err(format!(
-                    "{at}: cluster `{c}` is not in tenant `{tenant}`'s clusters"
-                ));
-            }
-        }
-        let name = s.name();
-        if name.is_empty() || name.len() > 128 {
-            return Err(format!("{at}: name must be 1 to 128 characters"));
-        }
-        if let Some(j) = names.insert(name.clone(), i) {
-            return Err(format!(
-                "{at}: name `{name}` is also the name of sources[{j}]"
-            ));
-        }
-        match s {
-            SourceConfig::File(f) => f.validate().map_err(|e| format!("{at}: {e}"))?,
-            SourceConfig::CloudWatch(c) => c.validate().map_err(|e| format!("{at}: {e}"))?,
-            SourceConfig::Firehose(_) | SourceConfig::PubsubPush(_) => {
-                if let Some(j) = push.insert((s.kind(), tenant.to_string()), i) {
-                    return Err(format!(
-                        "{at}: tenant `{tenant}` already has a {} source, sources[{j}]",
-                        s.kind()
-                    ));
-                }
-            }
-        }
-        if let SourceConfig::PubsubPush(p) = s {
-            if p.audience.as_deref().is_some_and(str::is_empty) {
-                return Err(format!("{at}: audience must not be empty"));
-            }
-            if p.audience.is_some() && p.issuers.is_empty() {
-                return Err(format!("{at}: issuers must not be empty"));
-            }
-            if p.jwks_file.is_none() {
-                crate::outputs::http::parse_url("jwks_url", &p.jwks_url)
-                    .map_err(|e| format!("{at}: {e}"))?;
-            }
-        }
-    }
-    Ok(())
-}
+pub use config::{
+    CloudWatchSourceConfig, FileSourceConfig, FirehoseSourceConfig, PubsubPushConfig, SourceConfig,
+    StartAt, validate,
+};
+pub use pull::{Running, start_pulls};
 
 /// The push endpoints' settings at run time, by tenant.
 #[derive(Default)]
@@ -232,9 +47,9 @@ pub(crate) struct PushSettings<'a> {
 }
 
 impl PushSources {
-    pub fn from_config(config: &PeregrineConfig) -> anyhow::Result<Self> {
+    pub fn from_config(sources: &[SourceConfig]) -> anyhow::Result<Self> {
         let mut out = PushSources::default();
-        for s in &config.sources {
+        for s in sources {
             match s {
                 SourceConfig::Firehose(f) => {
                     out.firehose.insert(f.tenant.clone(), f.clone());
@@ -287,43 +102,6 @@ impl PushSources {
             ),
         }
     }
-}
-
-/// A running pull source (a file, CloudWatch Logs).
-pub enum Running {
-    File(file::FileSource),
-    CloudWatch(cloudwatch::CloudWatchSource),
-}
-
-impl Running {
-    /// Stops after the batch in hand; what was not saved is read again.
-    pub fn stop(self) {
-        match self {
-            Running::File(s) => s.stop(),
-            Running::CloudWatch(s) => s.stop(),
-        }
-    }
-}
-
-/// Starts every pull source (`file`, `cloudwatch`).
-pub fn start_pulls(
-    config: &PeregrineConfig,
-    app: &Arc<crate::server::AppState>,
-) -> anyhow::Result<Vec<Running>> {
-    let mut out = Vec::new();
-    for s in &config.sources {
-        match s {
-            SourceConfig::File(f) => out.push(Running::File(file::FileSource::start(
-                f.clone(),
-                app.clone(),
-            )?)),
-            SourceConfig::CloudWatch(c) => out.push(Running::CloudWatch(
-                cloudwatch::CloudWatchSource::start(c.clone(), app.clone())?,
-            )),
-            SourceConfig::Firehose(_) | SourceConfig::PubsubPush(_) => {}
-        }
-    }
-    Ok(out)
 }
 
 /// A position file's default place: `sources/<kind>-<hash of key>.json`

@@ -1,7 +1,10 @@
 //! The HTTP surface: the audit webhook, health, the REST API.
 
+pub mod config;
+pub(crate) mod error;
+pub mod state;
+
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -10,30 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::api;
-use crate::config::PeregrineConfig;
-use crate::evaluate::BatchQueue;
-use crate::ingest::Dedup;
 use crate::ingest::webhook;
-use crate::reload::RuleManager;
-use crate::tenants::Tenants;
-
-/// What the handlers share.
-pub struct AppState {
-    pub config: Arc<PeregrineConfig>,
-    pub tenants: Arc<Tenants>,
-    pub queue: Arc<BatchQueue>,
-    pub dedup: Dedup,
-    pub rules: Arc<RuleManager>,
-    /// OCI sources of rule modules, for the rules API.
-    pub sources: Arc<crate::oci::Sources>,
-    pub started: Instant,
-    /// Alert history for the UI and API; `None` when disabled.
-    pub store: Option<Arc<crate::store::AlertStore>>,
-    /// Acknowledged events not yet evaluated; `None` when disabled.
-    pub journal: Option<Arc<crate::ingest::journal::Journal>>,
-    /// Settings of the push endpoints (Firehose, Pub/Sub), by tenant.
-    pub push: Arc<crate::ingest::sources::PushSources>,
-}
+use error::HttpError;
+use state::AppState;
 
 /// All routes. Methods other than the ones listed get 405 with `Allow`.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -50,7 +32,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/alerts", get(api::alerts))
         .route("/api/v1/alerts/summary", get(api::summary))
         .route("/", get(api::ui))
-        .merge(crate::ingest::push::routes())
+        .merge(push_routes())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -58,6 +40,20 @@ pub fn app(state: Arc<AppState>) -> Router {
         ))
         .with_state(state)
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// The push endpoints of the providers' logging services
+/// (see [`crate::ingest::push`]).
+fn push_routes() -> Router<Arc<AppState>> {
+    use crate::ingest::{firehose_http, pubsub_http};
+    Router::new()
+        .route("/ingest/firehose", post(firehose_http::ingest_default))
+        .route(
+            "/ingest/firehose/{tenant}",
+            post(firehose_http::ingest_tenant),
+        )
+        .route("/ingest/pubsub", post(pubsub_http::ingest_default))
+        .route("/ingest/pubsub/{tenant}", post(pubsub_http::ingest_tenant))
 }
 
 /// What a connection taken from the reserve (`server.reserved_connections`)
@@ -75,15 +71,12 @@ pub fn reserve_app(state: Arc<AppState>) -> Router {
 async fn at_connection_limit() -> Response {
     metrics::counter!("peregrine_requests_rejected_total", "reason" => "connection_limit")
         .increment(1);
-    let mut r = webhook::error_response(
+    HttpError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "the server is at its connection limit (server.max_connections); retry later",
-    );
-    r.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from(1),
-    );
-    r
+    )
+    .retry_after(1)
+    .into_response()
 }
 
 /// 413 at once for a declared `Content-Length` over `server.max_body_bytes`,
@@ -95,7 +88,7 @@ async fn declared_length(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let limit = app.config.server.max_body_bytes;
+    let limit = app.server.max_body_bytes;
     let declared = request
         .headers()
         .get(axum::http::header::CONTENT_LENGTH)
@@ -105,10 +98,11 @@ async fn declared_length(
         Some(n) if n > limit as u64 => {
             metrics::counter!("peregrine_requests_rejected_total", "reason" => "too_large")
                 .increment(1);
-            let mut r = webhook::error_response(
+            let mut r = HttpError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body of {n} bytes is over the {limit}-byte limit"),
-            );
+            )
+            .into_response();
             // The unread body leaves an HTTP/1 connection unusable: say so,
             // or a client sends its next request on a connection being
             // closed. (HTTP/2 resets just the stream.)
@@ -160,8 +154,9 @@ async fn healthz(State(app): State<Arc<AppState>>) -> Response {
 }
 
 async fn not_found() -> Response {
-    webhook::error_response(
+    HttpError::new(
         StatusCode::NOT_FOUND,
         "not found: the audit webhook is POST /k8s-audit or /k8s-audit/<tenant>",
     )
+    .into_response()
 }
