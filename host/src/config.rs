@@ -287,7 +287,7 @@ impl PeregrineConfig {
                 crate::oci::config::RuleSourceConfig::Oci(s) => s.validate()?,
             }
         }
-        crate::router::validate(&self)?;
+        crate::router::validate(&self.routing, &self.routes, &self.outputs)?;
         crate::ingest::sources::config::validate(&self.sources, &self.tenants)?;
         Ok(self)
     }

@@ -38,7 +38,8 @@ pub(crate) fn verify(
     // Everything `serve` would refuse at start, without opening its spools
     // or journal (a running server may hold them).
     Tenants::from_config(&config.auth, &config.tenants)?;
-    crate::router::validate(&config).map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    crate::router::validate(&config.routing, &config.routes, &config.outputs)
+        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
     if let Some(tls) = &config.server.tls {
         tls.acceptor()?;
     }

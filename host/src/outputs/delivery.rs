@@ -22,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,6 +33,41 @@ use tokio::sync::{Notify, watch};
 use super::spool::{EntryKey, Store};
 use crate::alert::Alert;
 use crate::durable::Durable;
+
+/// Delivery settings shared by every output (`[delivery]`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Directory of the outputs' spools (one SQLite file per output).
+    /// Default: `$PEREGRINE_SPOOL_DIR`, else `$XDG_STATE_HOME/peregrine/spool`,
+    /// else `~/.local/state/peregrine/spool`.
+    pub spool_dir: Option<PathBuf>,
+    /// On shutdown, how long outputs keep delivering what they hold, in
+    /// milliseconds. Spooled alerts left after it are delivered on the next
+    /// start.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            spool_dir: None,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    pub fn resolved_spool_dir(&self) -> Option<PathBuf> {
+        if let Some(dir) = &self.spool_dir {
+            return Some(dir.clone());
+        }
+        if let Some(dir) = std::env::var_os("PEREGRINE_SPOOL_DIR") {
+            return Some(PathBuf::from(dir));
+        }
+        Some(crate::paths::xdg_dir("XDG_STATE_HOME", ".local/state")?.join("peregrine/spool"))
+    }
+}
 
 /// Delivery settings of one output (`[outputs.<name>.delivery]`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

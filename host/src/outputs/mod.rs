@@ -21,9 +21,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::alert::AlertFormat;
+pub use delivery::DeliveryConfig;
 use delivery::{OutputDeliveryConfig, OutputHandle, Settings};
 pub(crate) use lifecycle::FlushLoop;
-pub use lifecycle::{DeliveryConfig, Outputs, OutputsError};
+pub use lifecycle::{Outputs, OutputsError};
 use spool::Store;
 
 /// An output's configuration cannot work.

@@ -20,173 +20,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Deserializer, Serialize};
-
+use crate::alert::Alert;
 use crate::alert::AlertSink;
-use crate::alert::{Alert, Priority};
 use crate::config::PeregrineConfig;
 use crate::durable::Durable;
 use crate::outputs::{FlushLoop, Outputs, OutputsError};
 
-/// `[routing]`: what happens to alerts no route matches.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingConfig {
-    /// Outputs of alerts that no `[[routes]]` entry matches. `stdout` exists
-    /// without being declared. Empty: such alerts are counted in
-    /// `peregrine_alerts_unrouted_total` and go nowhere.
-    pub default_outputs: Vec<String>,
-}
-
-impl Default for RoutingConfig {
-    fn default() -> Self {
-        RoutingConfig {
-            default_outputs: vec!["stdout".into()],
-        }
-    }
-}
-
-/// One `[[routes]]` entry. Empty matchers match everything; within a
-/// matcher list any entry may match; all given matchers must match.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RouteConfig {
-    /// Name in metrics and logs. Default: `routes[<index>]`.
-    pub name: Option<String>,
-    /// Outputs the matching alerts go to.
-    pub outputs: Vec<String>,
-    /// Least severe priority that matches (Falco's names, any case).
-    #[serde(deserialize_with = "priority_name")]
-    pub min_priority: Option<Priority>,
-    /// Rule names or rule ids, with `*` and `?` globs.
-    pub rules: Vec<String>,
-    /// Tags (globs); the alert must carry at least one of them.
-    pub tags: Vec<String>,
-    /// Tenant ids (globs).
-    pub tenants: Vec<String>,
-    /// Cluster names, `peregrine.cluster` (globs).
-    pub clusters: Vec<String>,
-    /// Module names, the file name without `.wasm` (globs).
-    pub modules: Vec<String>,
-    /// Stop here: later routes are not tried for alerts this route matches.
-    #[serde(rename = "final")]
-    pub final_route: bool,
-    /// Fold identical alerts within this many seconds; 0 turns folding off.
-    pub dedup_window_secs: u64,
-    /// Output fields that, with rule, tenant, cluster and module, make alerts
-    /// identical. Empty: the alert's output text.
-    pub dedup_key: Vec<String>,
-    /// Most distinct alerts a route's fold windows track; when full, the
-    /// oldest window closes early.
-    pub dedup_max_keys: usize,
-}
-
-impl Default for RouteConfig {
-    fn default() -> Self {
-        RouteConfig {
-            name: None,
-            outputs: Vec::new(),
-            min_priority: None,
-            rules: Vec::new(),
-            tags: Vec::new(),
-            tenants: Vec::new(),
-            clusters: Vec::new(),
-            modules: Vec::new(),
-            final_route: false,
-            dedup_window_secs: 0,
-            dedup_key: Vec::new(),
-            dedup_max_keys: 10_000,
-        }
-    }
-}
-
-/// A priority by name, in any case (see [`Priority`]'s `FromStr`).
-fn priority_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Priority>, D::Error> {
-    Option::<String>::deserialize(d)?
-        .map(|s| s.parse().map_err(serde::de::Error::custom))
-        .transpose()
-}
-
-/// `*` matches any run of characters, `?` any one character.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let t: Vec<char> = text.chars().collect();
-    let (mut pi, mut ti) = (0, 0);
-    // Where the last `*` was, and the text position it currently covers up to.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-            pi += 1;
-            ti += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == '*')
-}
-
-fn any_glob(patterns: &[String], text: &str) -> bool {
-    patterns.iter().any(|p| glob_match(p, text))
-}
-
-impl RouteConfig {
-    /// Whether the alert matches this route's matchers.
-    pub fn matches(&self, a: &Alert) -> bool {
-        self.min_priority.is_none_or(|min| a.priority.at_least(min))
-            && (self.rules.is_empty()
-                || any_glob(&self.rules, &a.rule)
-                || any_glob(&self.rules, &a.rule_id))
-            && (self.tags.is_empty() || a.tags.iter().any(|t| any_glob(&self.tags, t)))
-            && (self.tenants.is_empty() || any_glob(&self.tenants, &a.tenant))
-            && (self.clusters.is_empty() || any_glob(&self.clusters, &a.cluster))
-            && (self.modules.is_empty() || any_glob(&self.modules, &a.module))
-    }
-}
-
-/// Checks routes and outputs without opening anything.
-pub fn validate(config: &PeregrineConfig) -> Result<(), String> {
-    crate::outputs::validate(&config.outputs)?;
-    let known = |n: &str| n == "stdout" || config.outputs.contains_key(n);
-    for n in &config.routing.default_outputs {
-        if !known(n) {
-            return Err(format!(
-                "routing.default_outputs names `{n}`, which is not an [outputs.{n}] table"
-            ));
-        }
-    }
-    let mut names = std::collections::HashSet::new();
-    for (i, r) in config.routes.iter().enumerate() {
-        let label = route_label(i, r);
-        if !names.insert(label.clone()) {
-            return Err(format!("two routes are named `{label}`"));
-        }
-        if r.outputs.is_empty() {
-            return Err(format!("route `{label}` has no outputs"));
-        }
-        for n in &r.outputs {
-            if !known(n) {
-                return Err(format!(
-                    "route `{label}` names output `{n}`, which is not an [outputs.{n}] table"
-                ));
-            }
-        }
-        if r.dedup_window_secs > 0 && r.dedup_max_keys == 0 {
-            return Err(format!("route `{label}`: dedup_max_keys must be positive"));
-        }
-    }
-    Ok(())
-}
-
-fn route_label(i: usize, r: &RouteConfig) -> String {
-    r.name.clone().unwrap_or_else(|| format!("routes[{i}]"))
-}
+mod config;
+use config::route_label;
+pub use config::{RouteConfig, RoutingConfig, glob_match, validate};
 
 /// Fold windows of one route.
 struct Dedup {
@@ -335,7 +177,7 @@ impl AlertRouter {
     /// Validates the routes, opens every output's spool and starts the
     /// outputs.
     pub fn start(config: &PeregrineConfig) -> Result<AlertRouter, RouterError> {
-        validate(config).map_err(RouterError::Invalid)?;
+        validate(&config.routing, &config.routes, &config.outputs).map_err(RouterError::Invalid)?;
         let outputs = Arc::new(Outputs::start(config)?);
         let index = |n: &String| outputs.index_of(n).expect("validated output name");
         let routes: Vec<Route> = config
@@ -531,6 +373,7 @@ impl AlertSink for AlertRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::Priority;
 
     fn alert(rule: &str, p: Priority) -> Alert {
         Alert {
@@ -635,19 +478,35 @@ mod tests {
     #[test]
     fn validation_names_the_problem() {
         let c = PeregrineConfig::parse("[[routes]]\noutputs = [\"nope\"]\n").unwrap();
-        assert!(validate(&c).unwrap_err().contains("nope"));
+        assert!(
+            validate(&c.routing, &c.routes, &c.outputs)
+                .unwrap_err()
+                .contains("nope")
+        );
         let c = PeregrineConfig::parse("[routing]\ndefault_outputs = [\"x\"]\n").unwrap();
-        assert!(validate(&c).unwrap_err().contains("`x`"));
+        assert!(
+            validate(&c.routing, &c.routes, &c.outputs)
+                .unwrap_err()
+                .contains("`x`")
+        );
         let c = PeregrineConfig::parse("[outputs.\"a b\"]\ntype = \"stdout\"\n").unwrap();
-        assert!(validate(&c).unwrap_err().contains("a b"));
+        assert!(
+            validate(&c.routing, &c.routes, &c.outputs)
+                .unwrap_err()
+                .contains("a b")
+        );
         let c = PeregrineConfig::parse("[[routes]]\noutputs = []\n").unwrap();
-        assert!(validate(&c).unwrap_err().contains("no outputs"));
+        assert!(
+            validate(&c.routing, &c.routes, &c.outputs)
+                .unwrap_err()
+                .contains("no outputs")
+        );
         let c = PeregrineConfig::parse(
             "[outputs.hook]\ntype = \"webhook\"\nurl = \"ftp://x\"\n[[routes]]\noutputs = [\"hook\"]\n",
         )
         .unwrap();
         assert!(
-            validate(&c)
+            validate(&c.routing, &c.routes, &c.outputs)
                 .unwrap_err()
                 .contains("output `hook` (webhook)")
         );
@@ -659,6 +518,6 @@ mod tests {
             .is_err()
         );
         let c = PeregrineConfig::parse("").unwrap();
-        assert!(validate(&c).is_ok());
+        assert!(validate(&c.routing, &c.routes, &c.outputs).is_ok());
     }
 }
