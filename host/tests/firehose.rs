@@ -4,10 +4,9 @@
 //! body), with a control message, poisoned records, a duplicate delivery,
 //! bad keys and a tenant over its quota, and answers what Firehose expects.
 
-use std::io::Write;
+use base64::Engine as _;
 
 use crate::support::*;
-use base64::Engine as _;
 
 const TOKEN_A: &str = "firehose-key-team-a-0123";
 const TOKEN_B: &str = "firehose-key-team-b-0123";

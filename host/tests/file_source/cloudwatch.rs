@@ -17,8 +17,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    Running, base_config, event, field, fixture_module, metric, request, rules_dir_in,
-    start_with_env,
+    Running, base_config, event, field, fixture_module, metric, rules_dir_in, start_with_env,
 };
 
 const KEY_ID: &str = "AKIDEXAMPLE";

@@ -363,9 +363,7 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
         body["error"].as_str().unwrap().contains("expands past"),
         "{body}"
     );
-    let (code, body) = post_encoded(&srv.url("/ingest/pubsub"), "gzip",
-        &bomb,
-    );
+    let (code, body) = post_encoded(&srv.url("/ingest/pubsub"), "gzip", &bomb);
     assert_eq!(code, 413, "{body}");
     // Any other encoding: 415, saying what is supported.
     let (code, body) = post_encoded(&url, "br", list.as_bytes());
