@@ -5,34 +5,22 @@
 //! reported at start. Connection deadlines and limits, and hostile bodies,
 //! are in `limits/`.
 
-mod common;
-mod limits;
-
-use common::*;
+use crate::support::*;
 
 const TOKEN_A: &str = "team-a-token-0123456789";
 const TOKEN_B: &str = "team-b-token-0123456789";
 
-fn rules_with(work: &std::path::Path, modules: &[&str]) -> std::path::PathBuf {
-    let rules = work.join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    for m in modules {
-        std::fs::copy(fixture(m), rules.join(m)).unwrap();
-    }
-    rules
-}
-
 fn tenants_config(rules: &std::path::Path) -> String {
     format!(
         "{}[tenants.team-a]\ntokens = [\"{TOKEN_A}\"]\n[tenants.team-b]\ntokens = [\"{TOKEN_B}\"]\n",
-        base_config(rules)
+        base_config(rules, None)
     )
 }
 
 #[test]
 fn with_tenant_tokens_the_api_needs_a_token_and_tenants_see_their_own_counters() {
     let work = tempfile::tempdir().unwrap();
-    let rules = rules_with(work.path(), &["fixture_echo.wasm"]);
+    let rules = rules_dir_in(work.path(), &[fixture_module("fixture_echo")]);
     let config = work.path().join("peregrine.toml");
     // No admin token: tenant tokens alone close the API.
     std::fs::write(
@@ -48,7 +36,9 @@ fn with_tenant_tokens_the_api_needs_a_token_and_tenants_see_their_own_counters()
     .unwrap();
     let srv = start(&config, &["--no-watch"]);
 
-    let b_events: Vec<_> = (0..3).map(|i| event(&format!("b-{i}"), "b")).collect();
+    let b_events: Vec<_> = (0..3)
+        .map(|i| event(&format!("b-{i}"), "get", "pods", "b"))
+        .collect();
     let (code, _) = post(
         &srv.url("/k8s-audit/team-b"),
         Some(TOKEN_B),
@@ -58,7 +48,7 @@ fn with_tenant_tokens_the_api_needs_a_token_and_tenants_see_their_own_counters()
     let (code, _) = post(
         &srv.url("/k8s-audit/team-a"),
         Some(TOKEN_A),
-        &event("a-0", "a").to_string(),
+        &event("a-0", "get", "pods", "a").to_string(),
     );
     assert_eq!(code, 200);
     srv.wait_alerts("four echoes", |a| {
@@ -113,36 +103,36 @@ fn with_tenant_tokens_the_api_needs_a_token_and_tenants_see_their_own_counters()
     assert_eq!(summary["total"], 1, "{summary}");
     // Health and metrics stay open for probes and Prometheus.
     assert_eq!(get_json(&srv.url("/healthz"), None).0, 200);
-    assert_eq!(curl("GET", &srv.url("/metrics"), None, None).0, 200);
+    srv.metrics();
 }
 
 #[test]
 fn an_open_server_beyond_loopback_warns_at_start() {
     let work = tempfile::tempdir().unwrap();
-    let rules = rules_with(work.path(), &["fixture_echo.wasm"]);
+    let rules = rules_dir_in(work.path(), &[fixture_module("fixture_echo")]);
     let config = work.path().join("peregrine.toml");
     std::fs::write(
         &config,
-        base_config(&rules).replace("127.0.0.1:0", "0.0.0.0:0"),
+        base_config(&rules, None).replace("127.0.0.1:0", "0.0.0.0:0"),
     )
     .unwrap();
     let srv = start(&config, &["--no-watch"]);
-    let log = srv.log();
+    let log = srv.logs();
     assert!(log.contains("the API and UI on 0.0.0.0:"), "{log}");
     assert!(log.contains("are open"), "{log}");
     assert!(log.contains("takes events without a token"), "{log}");
     drop(srv);
 
     // On loopback (the default), nothing to warn about.
-    std::fs::write(&config, base_config(&rules)).unwrap();
+    std::fs::write(&config, base_config(&rules, None)).unwrap();
     let srv = start(&config, &["--no-watch"]);
-    assert!(!srv.log().contains("are open"), "{}", srv.log());
+    assert!(!srv.logs().contains("are open"), "{}", srv.logs());
 }
 
 #[test]
 fn a_token_shared_by_two_tenants_is_refused_and_stray_module_tables_are_reported() {
     let work = tempfile::tempdir().unwrap();
-    let rules = rules_with(work.path(), &["fixture_echo.wasm"]);
+    let rules = rules_dir_in(work.path(), &[fixture_module("fixture_echo")]);
     let config = work.path().join("peregrine.toml");
     std::fs::write(&config, tenants_config(&rules).replace(TOKEN_B, TOKEN_A)).unwrap();
     let out = run_to_end(&config, &["--no-watch"]);
@@ -166,7 +156,7 @@ fn a_token_shared_by_two_tenants_is_refused_and_stray_module_tables_are_reported
     )
     .unwrap();
     let srv = start(&config, &["--no-watch"]);
-    let log = srv.log();
+    let log = srv.logs();
     assert!(
         log.contains("[modules.fixture_ecko] names no module"),
         "{log}"

@@ -1,37 +1,10 @@
 //! The `peregrine` binary as a user runs it.
 
-mod oci;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The shared audit corpus: `$PEREGRINE_AUDIT_CORPUS`, else
-/// `../shared/audit-corpus` next to the checkout.
-fn corpus(name: &str) -> PathBuf {
-    std::env::var_os("PEREGRINE_AUDIT_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/audit-corpus"))
-        .join(name)
-}
-
-fn peregrine(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_peregrine"));
-    c.args(args)
-        .env(
-            "PEREGRINE_CACHE_DIR",
-            root().join("target/test-compile-cache"),
-        )
-        .env("PEREGRINE_LOG", "warn");
-    c
-}
+use crate::support::{corpus, gzip, peer_suite, peregrine, peregrine_bin, root};
 
 fn run(args: &[&str]) -> Output {
     peregrine(args).output().expect("peregrine runs")
@@ -62,7 +35,7 @@ fn split_cluster(alerts: &[serde_json::Value]) -> (Vec<serde_json::Value>, Vec<S
         .unzip()
 }
 
-fn stderr(out: &Output) -> String {
+pub(crate) fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -161,7 +134,7 @@ fn by_default_a_catch_all_rule_does_not_hide_a_specific_one() {
 
 #[test]
 fn replay_prints_what_falco_prints_for_a_corpus_file() {
-    let file = corpus("falco/anonymous_creates_namespace_foo.json");
+    let file = corpus().join("falco/anonymous_creates_namespace_foo.json");
     let out = run(&["replay", "--rule-matching", "first", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let alerts = stdout_alerts(&out);
@@ -212,7 +185,7 @@ fn replay_prints_what_falco_prints_for_a_corpus_file() {
 
 #[test]
 fn replay_reads_directories_and_reports_bad_inputs_without_stopping() {
-    let out = run(&["replay", corpus("falco").to_str().unwrap()]);
+    let out = run(&["replay", corpus().join("falco").to_str().unwrap()]);
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -241,7 +214,7 @@ fn replay_reads_stdin_and_writes_text() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let event = std::fs::read(corpus("falco/create_nginx_pod_privileged.json")).unwrap();
+    let event = std::fs::read(corpus().join("falco/create_nginx_pod_privileged.json")).unwrap();
     child.stdin.take().unwrap().write_all(&event).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -255,7 +228,7 @@ fn replay_reads_stdin_and_writes_text() {
 
 #[test]
 fn replay_of_a_real_v1beta1_cluster_log_raises_the_rbac_activity_alerts() {
-    let log = corpus("public/liggitt__audit2rbac/at-501d132/demo.log");
+    let log = corpus().join("public/liggitt__audit2rbac/at-501d132/demo.log");
     let out = run(&["replay", log.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let mut counts = std::collections::BTreeMap::<String, usize>::new();
@@ -279,7 +252,7 @@ fn replay_of_a_real_v1beta1_cluster_log_raises_the_rbac_activity_alerts() {
     .collect();
     assert_eq!(counts, want);
 
-    let v1 = corpus("public/liggitt__audit2rbac/demo.log");
+    let v1 = corpus().join("public/liggitt__audit2rbac/demo.log");
     let out = run(&["replay", v1.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout_alerts(&out).is_empty());
@@ -300,7 +273,7 @@ fn module_configuration_comes_from_the_config_file() {
          [modules.falco_k8s_audit.lists.allowed_namespaces]\nappend = [\"foo\"]\n",
     )
     .unwrap();
-    let file = corpus("falco/anonymous_creates_namespace_foo.json");
+    let file = corpus().join("falco/anonymous_creates_namespace_foo.json");
     let out = run(&[
         "replay",
         "-c",
@@ -368,8 +341,8 @@ fn bad_configuration_and_paths_get_clear_errors() {
     let elsewhere = tempfile::tempdir_in(root().join("target")).unwrap();
     let bin = elsewhere.path().join("bin/peregrine");
     std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
-    std::fs::hard_link(env!("CARGO_BIN_EXE_peregrine"), &bin)
-        .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_peregrine"), &bin).map(|_| ()))
+    std::fs::hard_link(peregrine_bin(), &bin)
+        .or_else(|_| std::fs::copy(peregrine_bin(), &bin).map(|_| ()))
         .unwrap();
     let out = Command::new(&bin)
         .args(["check"])
@@ -491,13 +464,9 @@ fn serve_check_config_validates_and_exits() {
 
 // ---- managed-cluster envelopes ----
 
-/// A file of the peer suite, beside the audit corpus in the shared directory.
+/// A file of the peer suite.
 fn panther(path: &str) -> PathBuf {
-    std::env::var_os("PEREGRINE_AUDIT_CORPUS")
-        .map(|c| PathBuf::from(c).join(".."))
-        .unwrap_or_else(|| root().join("../shared"))
-        .join("peer-suites/panther-k8s")
-        .join(path)
+    peer_suite().join(path)
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
@@ -736,18 +705,12 @@ fn replay_of_gke_entries_raises_the_falco_rules_their_rebuilt_events_support() {
     );
 }
 
-fn gzip(b: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(b).unwrap();
-    e.finish().unwrap()
-}
-
 #[test]
 fn replay_of_cloudwatch_and_firehose_envelopes_prints_the_alerts_of_the_plain_events() {
     use base64::Engine as _;
     let dir = tempfile::tempdir().unwrap();
     let mut events = Vec::new();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus("falco"))
+    let mut files: Vec<PathBuf> = std::fs::read_dir(corpus().join("falco"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
@@ -844,7 +807,7 @@ fn replay_streams_a_long_input_and_prints_every_alert_in_input_order() {
     // 3,000 JSON lines, every third an exec into a pod (one Falco alert
     // each), in batches of 7 over two workers: many batches in flight at
     // once, their alerts still printed in the order of the input.
-    let attach = std::fs::read_to_string(corpus("falco/attach_pod.json")).unwrap();
+    let attach = std::fs::read_to_string(corpus().join("falco/attach_pod.json")).unwrap();
     let attach: serde_json::Value = serde_json::from_str(&attach).unwrap();
     let get = serde_json::json!({
         "kind": "Event", "apiVersion": "audit.k8s.io/v1", "stage": "ResponseComplete",

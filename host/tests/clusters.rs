@@ -3,9 +3,7 @@
 //! still required and its `clusters` list enforced; routes match on it, the
 //! API filters on it, and stateful rules count per cluster.
 
-mod support;
-
-use support::*;
+use crate::support::*;
 
 const TOKEN_A: &str = "team-a-token-0123456789";
 const ADMIN: &str = "admin-token-0123456789";
@@ -20,7 +18,7 @@ fn api(url: &str) -> serde_json::Value {
 #[test]
 fn every_alert_names_its_cluster_and_clusters_route_filter_and_count_apart() {
     let work = tempfile::tempdir().unwrap();
-    let rules = rules_dir(work.path(), &[fixture("fixture_echo.wasm")]);
+    let rules = rules_dir_in(work.path(), &[fixture_module("fixture_echo")]);
     let edge_file = work.path().join("edge.jsonl");
     let config = work.path().join("peregrine.toml");
     std::fs::write(
@@ -31,16 +29,19 @@ fn every_alert_names_its_cluster_and_clusters_route_filter_and_count_apart() {
              [delivery]\nspool_dir = \"{spool}\"\n\n\
              [outputs.edge]\ntype = \"file\"\npath = \"{edge}\"\n\n\
              [[routes]]\nname = \"edge\"\nclusters = [\"a-e*\"]\noutputs = [\"edge\"]\n",
-            base = base_config(work.path(), &rules),
+            base = base_config(&rules, Some(work.path())),
             edge = edge_file.display(),
             spool = work.path().join("spool").display(),
         ),
     )
     .unwrap();
-    let srv = start(&config);
+    let srv = start(&config, &["--no-watch"]);
     let auth = format!("Bearer {TOKEN_A}");
     let post = |path: &str, token: Option<&str>, ids: &[&str]| {
-        let events: Vec<_> = ids.iter().map(|id| event(id, "get", "pods")).collect();
+        let events: Vec<_> = ids
+            .iter()
+            .map(|id| event(id, "get", "pods", "ns"))
+            .collect();
         let headers: Vec<(&str, &str)> = token.map(|t| ("Authorization", t)).into_iter().collect();
         post_json(&srv.url(path), &headers, &event_list(&events))
     };

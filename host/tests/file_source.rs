@@ -5,19 +5,15 @@
 //! in the middle of a stream, after which nothing is lost. The CloudWatch
 //! Logs pull source is tested here too ([`cloudwatch`]).
 
-mod support;
-
-#[path = "file_source/cloudwatch.rs"]
 mod cloudwatch;
 
 use std::io::Write;
 use std::path::Path;
 
-use support::*;
+use crate::support::*;
 
 fn line(id: &str, namespace: &str) -> String {
-    let mut e = event(id, "get", "pods");
-    e["objectRef"]["namespace"] = namespace.into();
+    let e = event(id, "get", "pods", namespace);
     e.to_string() + "\n"
 }
 
@@ -40,7 +36,7 @@ fn ids(alerts: &[serde_json::Value], module: &str) -> Vec<String> {
 
 /// A per-source gauge from `/metrics`.
 fn source_gauge(srv: &Running, name: &str, source: &str) -> Option<f64> {
-    let m = request("GET", &srv.url("/metrics"), &[], None).body;
+    let m = srv.metrics();
     metric(&m, name, &[("source", source)])
 }
 
@@ -50,7 +46,7 @@ fn config(work: &Path, rules: &Path, sources: &str) -> std::path::PathBuf {
         &path,
         format!(
             "{base}[tenants.ops]\ntokens = [\"ops-token-0123456789ab\"]\ncluster = \"onprem\"\n\n{sources}",
-            base = base_config(work, rules)
+            base = base_config(rules, Some(work))
         ),
     )
     .unwrap();
@@ -67,7 +63,7 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
     // Before the start: `end` skips what is there, `beginning` reads it.
     append(&audit, &line("old-0", "ns"));
     append(&other, &line("b0", "ns"));
-    let rules = rules_dir(work.path(), &[fixture("fixture_echo.wasm")]);
+    let rules = rules_dir_in(work.path(), &[fixture_module("fixture_echo")]);
     let config = config(
         work.path(),
         &rules,
@@ -78,7 +74,7 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
             other.display()
         ),
     );
-    let srv = start(&config);
+    let srv = start(&config, &["--no-watch"]);
     let echoed = |srv: &Running| ids(&srv.alerts(), "fixture_echo");
     srv.wait_alerts("b0 from the beginning of other.log", |a| {
         ids(a, "fixture_echo").contains(&"b0".to_string())
@@ -130,7 +126,7 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
     // What comes next is written once the source has seen the truncation
     // (had the file grown past the old position first, it could not tell).
     wait_until("the truncation to be seen", || {
-        let m = request("GET", &srv.url("/metrics"), &[], None).body;
+        let m = srv.metrics();
         metric(
             &m,
             "peregrine_source_errors_total",
@@ -151,7 +147,7 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
         };
         assert_eq!(field(a, "peregrine.cluster"), want, "{a}");
     }
-    let m = request("GET", &srv.url("/metrics"), &[], None).body;
+    let m = srv.metrics();
     let rec = |o: &str| {
         metric(
             &m,
@@ -192,7 +188,7 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
     append(&audit, &line("l7", "ns"));
     std::fs::rename(&audit, logs.join("audit-2026-11-27T11-00-00.000.log")).unwrap();
     append(&audit, &line("l8", "ns"));
-    let srv = start(&config);
+    let srv = start(&config, &["--no-watch"]);
     srv.wait_alerts("l7 and l8", |a| {
         let i = ids(a, "fixture_echo");
         i.contains(&"l7".to_string()) && i.contains(&"l8".to_string())
@@ -200,7 +196,7 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
     // Both sources have caught up with their files: what they accepted in
     // this run is all there is to evaluate.
     wait_until("both sources to reach the end of their files", || {
-        let m = request("GET", &srv.url("/metrics"), &[], None).body;
+        let m = srv.metrics();
         let lags: Vec<Option<f64>> = m
             .lines()
             .filter(|l| l.starts_with("peregrine_source_lag_bytes{"))
@@ -208,7 +204,7 @@ fn the_file_source_follows_rotation_truncation_and_partial_lines_across_restarts
             .collect();
         lags.len() == 2 && lags.iter().all(|l| *l == Some(0.0))
     });
-    let m = request("GET", &srv.url("/metrics"), &[], None).body;
+    let m = srv.metrics();
     let accepted: f64 = m
         .lines()
         .filter(|l| {
@@ -265,11 +261,11 @@ fn a_killed_process_loses_no_line_of_the_file() {
     };
     let mut want = Vec::new();
     std::fs::write(&audit, lines(0..1500, &mut want)).unwrap();
-    let rules = rules_dir(
+    let rules = rules_dir_in(
         work.path(),
         &[
-            fixture("fixture_echo.wasm"),
-            fixture("fixture_spin_loop.wasm"),
+            fixture_module("fixture_echo"),
+            fixture_module("fixture_spin_loop"),
         ],
     );
     let config_with = |spin_deadline_ms: u64| {
@@ -284,7 +280,7 @@ fn a_killed_process_loses_no_line_of_the_file() {
             ),
         )
     };
-    let srv = start(&config_with(3_600_000));
+    let srv = start(&config_with(3_600_000), &["--no-watch"]);
     // The position moves once the journal holds a batch.
     let positions = work.path().join("sources");
     wait_until("the source to save a position past the start", || {
@@ -310,7 +306,7 @@ fn a_killed_process_loses_no_line_of_the_file() {
     // Lines written while it was down are read from the saved position.
     append(&audit, &lines(1500..1600, &mut want));
 
-    let srv = start(&config_with(250));
+    let srv = start(&config_with(250), &["--no-watch"]);
     let after = srv.wait_alerts("every line evaluated after the restart", |a| {
         let mut seen = ids(a, "fixture_echo");
         seen.extend(seen_before.iter().cloned());

@@ -4,22 +4,13 @@
 //! body), with a control message, poisoned records, a duplicate delivery,
 //! bad keys and a tenant over its quota, and answers what Firehose expects.
 
-mod support;
-
-use std::io::Write;
-
 use base64::Engine as _;
-use support::*;
+
+use crate::support::*;
 
 const TOKEN_A: &str = "firehose-key-team-a-0123";
 const TOKEN_B: &str = "firehose-key-team-b-0123";
 const TOKEN_C: &str = "firehose-key-team-c-0123";
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(bytes).unwrap();
-    e.finish().unwrap()
-}
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -86,7 +77,7 @@ fn firehose_post(
     key: Option<&str>,
     body: &[u8],
     gzip_body: bool,
-) -> Answer {
+) -> Response {
     let mut headers = vec![
         ("Content-Type", "application/json"),
         ("X-Amz-Firehose-Protocol-Version", "1.0"),
@@ -108,7 +99,7 @@ fn firehose_post(
     }
 }
 
-fn assert_firehose_answer(a: &Answer, status: u16, request_id: &str) -> serde_json::Value {
+fn assert_firehose_answer(a: &Response, status: u16, request_id: &str) -> serde_json::Value {
     assert_eq!(a.status, status, "{a:?}");
     assert!(
         a.headers
@@ -139,7 +130,7 @@ fn assert_firehose_answer(a: &Answer, status: u16, request_id: &str) -> serde_js
 #[test]
 fn firehose_deliveries_are_acknowledged_as_firehose_expects() {
     let work = tempfile::tempdir().unwrap();
-    let rules = rules_dir(work.path(), &[fixture("fixture_echo.wasm")]);
+    let rules = rules_dir_in(work.path(), &[fixture_module("fixture_echo")]);
     let config = work.path().join("peregrine.toml");
     std::fs::write(
         &config,
@@ -149,13 +140,13 @@ fn firehose_deliveries_are_acknowledged_as_firehose_expects() {
              [tenants.team-b]\ntokens = [\"{TOKEN_B}\"]\n\n\
              [tenants.team-c]\ntokens = [\"{TOKEN_C}\"]\nevents_per_second = 1\n\n\
              [[sources]]\ntype = \"firehose\"\nname = \"eks-b\"\ntenant = \"team-b\"\ncluster = \"b-fixed\"\n",
-            base = base_config(work.path(), &rules),
+            base = base_config(&rules, Some(work.path())),
         ),
     )
     .unwrap();
-    let srv = start(&config);
+    let srv = start(&config, &["--no-watch"]);
     let url_a = srv.url("/ingest/firehose/team-a");
-    let ev = |id: &str| event(id, "get", "pods").to_string();
+    let ev = |id: &str| event(id, "get", "pods", "ns").to_string();
 
     // One delivery: audit events, a control message, a record whose data is
     // not base64, one that is not gzip JSON, and a log event that is not an
@@ -299,7 +290,7 @@ fn firehose_deliveries_are_acknowledged_as_firehose_expects() {
     assert_eq!(cluster_of("c9"), "c-one");
 
     // Per-source metrics: every record counted, by outcome.
-    let m = request("GET", &srv.url("/metrics"), &[], None).body;
+    let m = srv.metrics();
     let count = |source: &str, outcome: &str| {
         metric(
             &m,

@@ -2,11 +2,9 @@
 //! SIGKILLed while events it answered 200 for wait in its queue; started
 //! again on the same journal, it evaluates every one of them.
 
-mod support;
-
 use std::path::Path;
 
-use support::*;
+use crate::support::*;
 
 /// A configuration whose spin-loop module may run `spin_deadline_ms` on a
 /// call (every other module 300 ms), with the journal in `work`.
@@ -38,11 +36,11 @@ fn post_events(srv: &Running, events: &[serde_json::Value]) -> serde_json::Value
 #[test]
 fn acknowledged_events_are_evaluated_after_a_kill() {
     let work = tempfile::tempdir().unwrap();
-    let rules = rules_dir(
+    let rules = rules_dir_in(
         work.path(),
         &[
-            fixture("fixture_echo.wasm"),
-            fixture("fixture_spin_loop.wasm"),
+            fixture_module("fixture_echo"),
+            fixture_module("fixture_spin_loop"),
         ],
     );
 
@@ -50,9 +48,12 @@ fn acknowledged_events_are_evaluated_after_a_kill() {
     // the only worker for longer than the test lasts, and every later batch
     // is acknowledged and waits in the queue until the kill, however slowly
     // this machine runs the test.
-    let first = start(&write_config(work.path(), &rules, 3_600_000));
+    let first = start(
+        &write_config(work.path(), &rules, 3_600_000),
+        &["--no-watch"],
+    );
     let slow: Vec<_> = (0..2)
-        .map(|i| event(&format!("slow-{i}"), "get", "pods"))
+        .map(|i| event(&format!("slow-{i}"), "get", "pods", "ns"))
         .map(|mut e| {
             e["objectRef"]["namespace"] = "spin".into();
             e
@@ -62,7 +63,7 @@ fn acknowledged_events_are_evaluated_after_a_kill() {
     let mut acknowledged = Vec::new();
     for b in 0..5 {
         let batch: Vec<_> = (0..10)
-            .map(|i| event(&format!("q-{b}-{i}"), "get", "pods"))
+            .map(|i| event(&format!("q-{b}-{i}"), "get", "pods", "ns"))
             .collect();
         assert_eq!(post_events(&first, &batch)["accepted"], 10);
         acknowledged.extend((0..10).map(|i| format!("q-{b}-{i}")));
@@ -75,7 +76,7 @@ fn acknowledged_events_are_evaluated_after_a_kill() {
 
     // Second run, on the same journal: the loop is stopped at 300 ms now,
     // and everything acknowledged is evaluated.
-    let second = start(&write_config(work.path(), &rules, 300));
+    let second = start(&write_config(work.path(), &rules, 300), &["--no-watch"]);
     wait_until("every acknowledged event evaluated", || {
         let seen = second.stdout.lock().unwrap().join("\n");
         acknowledged
@@ -186,7 +187,7 @@ fn post_until_killed(
 #[test]
 fn acknowledged_events_alerts_survive_random_kills() {
     let work = tempfile::tempdir().unwrap();
-    let rules = rules_dir(work.path(), &[example("falco_k8s_audit.wasm")]);
+    let rules = rules_dir_in(work.path(), &[example_module("falco_k8s_audit")]);
     let config = write_kill_config(work.path(), &rules);
     // The file's first event, a ConfigMap created with AWS keys in it, which
     // the Falco pack alerts on.
@@ -196,7 +197,7 @@ fn acknowledged_events_alerts_survive_random_kills() {
     let mut acknowledged: Vec<String> = Vec::new();
     const TRIALS: usize = 12;
     for trial in 0..TRIALS {
-        let srv = start(&config);
+        let srv = start(&config, &["--no-watch"]);
         let posted = std::sync::Arc::new(std::sync::Mutex::new(Posted::default()));
         let posters: Vec<_> = (0..4)
             .map(|p| {
@@ -227,7 +228,7 @@ fn acknowledged_events_alerts_survive_random_kills() {
 
     // A last run on the same state, with nothing posted: it evaluates what
     // the journal holds and delivers what the spool holds.
-    let last = start(&config);
+    let last = start(&config, &["--no-watch"]);
     let journal = work.path().join("journal");
     let drained = || {
         let batches = std::fs::read_dir(&journal)
@@ -240,7 +241,7 @@ fn acknowledged_events_alerts_survive_random_kills() {
                     .is_some_and(|x| x == "batch")
             })
             .count();
-        let metrics = request("GET", &last.url("/metrics"), &[], None).body;
+        let metrics = last.metrics();
         let queued = metric(&metrics, "peregrine_queue_events", &[]);
         let pending = metric(
             &metrics,

@@ -5,8 +5,6 @@
 //! Expired, mis-addressed, foreign-signed and forged tokens are refused; a
 //! poisoned message is acknowledged and counted; a redelivery is dropped.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -14,9 +12,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::support::*;
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use support::*;
 
 const AUDIENCE: &str = "https://peregrine.example.com/ingest/pubsub/team-g";
 const PUSHER: &str = "pubsub-push@audit-proj.iam.gserviceaccount.com";
@@ -157,7 +155,7 @@ fn push_body(message_id: &str, data: &[u8]) -> String {
     .to_string()
 }
 
-fn push(url: &str, token: Option<&str>, body: &str) -> Answer {
+fn push(url: &str, token: Option<&str>, body: &str) -> Response {
     let bearer = token.map(|t| format!("Bearer {t}"));
     let mut headers = vec![(
         "User-Agent",
@@ -182,7 +180,7 @@ fn pubsub_pushes_are_verified_unwrapped_and_acknowledged() {
     )
     .unwrap();
 
-    let rules = rules_dir(work.path(), &[fixture("fixture_echo.wasm")]);
+    let rules = rules_dir_in(work.path(), &[fixture_module("fixture_echo")]);
     let config = work.path().join("peregrine.toml");
     std::fs::write(
         &config,
@@ -193,12 +191,12 @@ fn pubsub_pushes_are_verified_unwrapped_and_acknowledged() {
              jwks_url = \"{jwks_url}\"\nservice_account_email = \"{PUSHER}\"\n\n\
              [[sources]]\ntype = \"pubsub_push\"\nname = \"gke-f\"\ntenant = \"team-f\"\ncluster = \"f-main\"\n\
              audience = \"f-audience\"\njwks_file = \"{file}\"\n",
-            base = base_config(work.path(), &rules),
+            base = base_config(&rules, Some(work.path())),
             file = jwks_file.display(),
         ),
     )
     .unwrap();
-    let srv = start(&config);
+    let srv = start(&config, &["--no-watch"]);
     let url = srv.url("/ingest/pubsub/team-g");
     let token = sign(
         &good,
@@ -368,7 +366,7 @@ fn pubsub_pushes_are_verified_unwrapped_and_acknowledged() {
         "each accepted event once, nothing refused evaluated"
     );
 
-    let m = request("GET", &srv.url("/metrics"), &[], None).body;
+    let m = srv.metrics();
     let rec = |s: &str, o: &str| {
         metric(
             &m,

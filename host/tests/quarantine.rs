@@ -3,17 +3,15 @@
 //! fails on ordinary events, over distinct events and time, is quarantined,
 //! for the tenant whose events it fails on, and loudly.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 const ADMIN: &str = "admin-token-0123456789";
 
 /// The corpus' privileged nginx pod, with a new auditID.
 fn privileged_pod(id: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(corpus("falco/create_nginx_pod_privileged.json")).unwrap();
+    let text = std::fs::read_to_string(corpus_file("create_nginx_pod_privileged.json")).unwrap();
     let mut ev: serde_json::Value = serde_json::from_str(&text).unwrap();
     ev["auditID"] = id.into();
     ev
@@ -41,15 +39,9 @@ fn crafted_pod(i: usize) -> serde_json::Value {
 #[test]
 fn crafted_pods_do_not_blind_the_falco_pack() {
     let work = tempfile::tempdir().unwrap();
-    let rules = work.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::copy(
-        example("falco_k8s_audit.wasm"),
-        rules.join("falco_k8s_audit.wasm"),
-    )
-    .unwrap();
+    let rules = rules_dir_in(work.path(), &[example_module("falco_k8s_audit")]);
     let config = work.path().join("peregrine.toml");
-    std::fs::write(&config, base_config(&rules)).unwrap();
+    std::fs::write(&config, base_config(&rules, None)).unwrap();
     let srv = start(&config, &["--no-watch"]);
 
     // 25 crafted pods, one request each, as an attacker creating pods would.
@@ -105,7 +97,7 @@ fn crafted_pods_do_not_blind_the_falco_pack() {
     assert_eq!(health["modules_live"], 1, "{health}");
     let (_, rules) = get_json(&srv.url("/api/v1/rules"), None);
     assert_eq!(rules["modules"][0]["status"], "live", "{rules}");
-    let (_, metrics) = curl("GET", &srv.url("/metrics"), None, None);
+    let metrics = srv.metrics();
     assert!(
         metrics
             .lines()
@@ -118,11 +110,13 @@ fn crafted_pods_do_not_blind_the_falco_pack() {
 #[test]
 fn a_module_failing_on_ordinary_events_is_quarantined_for_that_tenant_only() {
     let work = tempfile::tempdir().unwrap();
-    let rules = work.path().join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    for m in ["fixture_trap.wasm", "fixture_echo.wasm"] {
-        std::fs::copy(fixture(m), rules.join(m)).unwrap();
-    }
+    let rules = rules_dir_in(
+        work.path(),
+        &[
+            fixture_module("fixture_trap"),
+            fixture_module("fixture_echo"),
+        ],
+    );
     let token = "team-a-token-0123456789";
     let config = work.path().join("peregrine.toml");
     std::fs::write(
@@ -131,7 +125,7 @@ fn a_module_failing_on_ordinary_events_is_quarantined_for_that_tenant_only() {
             "{}[engine.quarantine]\nfailed_events = 5\nmin_span_secs = 1\nfailure_ratio = 0.5\n\
              window_secs = 60\nretry_after_secs = 0\n\
              [auth]\nadmin_tokens = [\"{ADMIN}\"]\n[tenants.team-a]\ntokens = [\"{token}\"]\n",
-            base_config(&rules)
+            base_config(&rules, None)
         ),
     )
     .unwrap();
@@ -139,7 +133,7 @@ fn a_module_failing_on_ordinary_events_is_quarantined_for_that_tenant_only() {
 
     // Many failures on the same few events, all at once, are not enough.
     let burst: Vec<_> = (0..40)
-        .map(|i| event(&format!("b-{}", i % 3), "trap"))
+        .map(|i| event(&format!("b-{}", i % 3), "get", "pods", "trap"))
         .collect();
     let (code, _) = post(&srv.url("/k8s-audit"), None, &event_list(&burst));
     assert_eq!(code, 200);
@@ -164,12 +158,12 @@ fn a_module_failing_on_ordinary_events_is_quarantined_for_that_tenant_only() {
         assert!(
             Instant::now() < deadline,
             "never quarantined:\n{}",
-            srv.log()
+            srv.logs()
         );
         let (code, _) = post(
             &srv.url("/k8s-audit"),
             None,
-            &event(&format!("ordinary-{i}"), "trap").to_string(),
+            &event(&format!("ordinary-{i}"), "get", "pods", "trap").to_string(),
         );
         assert_eq!(code, 200);
         i += 1;
@@ -187,14 +181,14 @@ fn a_module_failing_on_ordinary_events_is_quarantined_for_that_tenant_only() {
         q["output"].as_str().unwrap().contains("fixture_trap"),
         "{q}"
     );
-    assert!(srv.log().contains("module quarantined for the tenant"));
+    assert!(srv.logs().contains("module quarantined for the tenant"));
 
     let (code, health) = get_json(&srv.url("/healthz"), None);
     assert_eq!(code, 200, "a bad rule must not fail the liveness probe");
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["modules_quarantined"][0]["module"], "fixture_trap");
     assert_eq!(health["modules_live"], 1, "{health}");
-    let (_, metrics) = curl("GET", &srv.url("/metrics"), None, None);
+    let metrics = srv.metrics();
     assert!(
         metrics
             .lines()
@@ -222,7 +216,7 @@ fn a_module_failing_on_ordinary_events_is_quarantined_for_that_tenant_only() {
     post(
         &srv.url("/k8s-audit"),
         None,
-        &event("after-quarantine", "trap").to_string(),
+        &event("after-quarantine", "get", "pods", "trap").to_string(),
     );
     srv.wait_alerts("the echo of the next event", |a| {
         a.iter()
@@ -232,7 +226,7 @@ fn a_module_failing_on_ordinary_events_is_quarantined_for_that_tenant_only() {
     let (code, _) = post(
         &srv.url("/k8s-audit/team-a"),
         Some(token),
-        &event("team-a-1", "trap").to_string(),
+        &event("team-a-1", "get", "pods", "trap").to_string(),
     );
     assert_eq!(code, 200);
     let alerts = srv.wait_alerts("team A's rule error", |a| {

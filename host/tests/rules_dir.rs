@@ -3,14 +3,12 @@
 //! fills memory or shows its content; a valid module dropped in afterwards
 //! still loads.
 
-mod common;
-
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 
 fn mkfifo(path: &Path) {
     let ok = Command::new("mkfifo").arg(path).status().unwrap().success();
@@ -42,7 +40,7 @@ fn wait_module(
         assert!(
             Instant::now() < deadline,
             "{key} never as expected: {report}\n{}",
-            srv.log()
+            srv.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -66,7 +64,7 @@ fn fifo_device_and_outside_symlinks_are_refused_and_a_valid_module_still_loads()
     std::fs::create_dir(&rules).unwrap();
     let rules = rules.canonicalize().unwrap();
     let config = work.path().join("peregrine.toml");
-    std::fs::write(&config, base_config(&rules)).unwrap();
+    std::fs::write(&config, base_config(&rules, None)).unwrap();
     let srv = start(&config, &[]);
     let rss_start = srv.rss_kib();
 
@@ -92,23 +90,23 @@ fn fifo_device_and_outside_symlinks_are_refused_and_a_valid_module_still_loads()
         );
     }
     assert_no_passwd_content(&passwd.to_string());
-    assert_no_passwd_content(&srv.log());
+    assert_no_passwd_content(&srv.logs());
 
     // The reload thread is not stuck: a module installed now goes live, and
     // one behind a symlink inside the directory (a ConfigMap's `..data`) too.
     let data = rules.join("..data");
     std::fs::create_dir(&data).unwrap();
-    std::fs::copy(fixture("fixture_echo.wasm"), data.join("linked.wasm")).unwrap();
+    std::fs::copy(fixture_module("fixture_echo"), data.join("linked.wasm")).unwrap();
     symlink("..data/linked.wasm", rules.join("linked.wasm")).unwrap();
     let tmp = rules.join("fixture_echo.wasm.tmp");
-    std::fs::copy(fixture("fixture_echo.wasm"), &tmp).unwrap();
+    std::fs::copy(fixture_module("fixture_echo"), &tmp).unwrap();
     std::fs::rename(&tmp, rules.join("fixture_echo.wasm")).unwrap();
     wait_module(&srv, "fixture_echo", |m| m["status"] == "live");
     wait_module(&srv, "linked", |m| m["status"] == "live");
     let (code, _) = post(
         &srv.url("/k8s-audit"),
         None,
-        &event("after-junk", "a").to_string(),
+        &event("after-junk", "get", "pods", "a").to_string(),
     );
     assert_eq!(code, 200);
     srv.wait_alerts("the echo", |a| {
@@ -144,7 +142,7 @@ fn with_follow_symlinks_only_regular_webassembly_files_load() {
     let rules = rules.canonicalize().unwrap();
     let outside = work.path().join("shared-modules");
     std::fs::create_dir(&outside).unwrap();
-    std::fs::copy(fixture("fixture_echo.wasm"), outside.join("echo.wasm")).unwrap();
+    std::fs::copy(fixture_module("fixture_echo"), outside.join("echo.wasm")).unwrap();
     mkfifo(&rules.join("fifo.wasm"));
     symlink("/dev/zero", rules.join("zero.wasm")).unwrap();
     symlink("/etc/passwd", rules.join("passwd.wasm")).unwrap();
@@ -152,7 +150,7 @@ fn with_follow_symlinks_only_regular_webassembly_files_load() {
     let config = work.path().join("peregrine.toml");
     std::fs::write(
         &config,
-        base_config(&rules).replace("[rules]\n", "[rules]\nfollow_symlinks = true\n"),
+        base_config(&rules, None).replace("[rules]\n", "[rules]\nfollow_symlinks = true\n"),
     )
     .unwrap();
     // Loaded at start, before the listener: a FIFO here would hang the start.
@@ -168,6 +166,6 @@ fn with_follow_symlinks_only_regular_webassembly_files_load() {
     assert!(err("zero").contains("a character device"), "{report}");
     assert!(err("passwd").contains("not a WebAssembly file"), "{report}");
     assert_no_passwd_content(&report.to_string());
-    assert_no_passwd_content(&srv.log());
+    assert_no_passwd_content(&srv.logs());
     assert_eq!(module(&report, "echo").unwrap()["status"], "live");
 }

@@ -1,6 +1,11 @@
 //! Shared helpers of the integration tests: where the built rule modules and
 //! the audit corpus are, a real server on an ephemeral port, and a sink that
-//! collects the alerts it raises.
+//! collects the alerts it raises. What needs no type of the `peregrine`
+//! library is in `tests/support/`, shared with the host's test binary.
+
+#[path = "../support/mod.rs"]
+mod support;
+pub use support::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -12,7 +17,6 @@ use peregrine::app::{Options, Peregrine};
 use peregrine::config::PeregrineConfig;
 use peregrine::rules::Scope;
 
-/// The workspace root.
 /// An HTTP client for the tests. reqwest shares the host's rustls build,
 /// which has no crypto provider of its own: the host's must be installed first.
 pub fn http_client() -> reqwest::Client {
@@ -20,66 +24,12 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// A module built by `scripts/build-rules.sh` from `example-rules/`.
-pub fn example_module(stem: &str) -> PathBuf {
-    built(&root().join("example-rules/build"), stem)
-}
-
-/// An optional example module (`example-rules/build/optional/`).
-pub fn optional_module(stem: &str) -> PathBuf {
-    built(&root().join("example-rules/build/optional"), stem)
-}
-
-/// A misbehaving or instrumented module from `tests/fixture-rules/`.
-pub fn fixture_module(stem: &str) -> PathBuf {
-    built(&root().join("tests/build/fixture-rules"), stem)
-}
-
-fn built(dir: &Path, stem: &str) -> PathBuf {
-    let p = dir.join(format!("{stem}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: build the rule modules first (`make rules`, which `make test` runs)",
-        p.display()
-    );
-    p
-}
-
-/// The shared audit corpus: `$PEREGRINE_AUDIT_CORPUS`, else
-/// `../shared/audit-corpus` next to the checkout.
-pub fn corpus() -> PathBuf {
-    let p = std::env::var_os("PEREGRINE_AUDIT_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/audit-corpus"));
-    assert!(p.is_dir(), "the audit corpus is missing at {}", p.display());
-    p
-}
-
-pub fn corpus_file(name: &str) -> PathBuf {
-    corpus().join("falco").join(name)
-}
-
-/// One compile cache for every test, so Python and JavaScript modules are
-/// compiled once per test run, not once per test.
-pub fn shared_cache_dir() -> PathBuf {
-    let p = root().join("target/test-compile-cache");
-    std::fs::create_dir_all(&p).unwrap();
-    p
-}
-
 /// A configuration for tests: ephemeral port, shared compile cache, two
 /// workers, `rule_matching` at its default (`all`) unless a test says otherwise.
 pub fn test_config() -> PeregrineConfig {
     let mut c = PeregrineConfig::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
-    c.engine.cache_dir = Some(shared_cache_dir());
+    c.engine.cache_dir = Some(cache_dir());
     c.engine.workers = 2;
     // Tests that read alert history enable it with a path of their own.
     c.store.enabled = false;
@@ -88,20 +38,6 @@ pub fn test_config() -> PeregrineConfig {
     c.server.journal.enabled = false;
     c
 }
-
-/// A rules directory made of copies of the given modules.
-pub fn rules_dir(modules: &[PathBuf]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for m in modules {
-        std::fs::copy(m, dir.path().join(m.file_name().unwrap())).unwrap();
-    }
-    dir
-}
-
-/// How long a test waits for something that should happen. Generous: the
-/// machines are shared and slow, and a test only waits this long when it is
-/// about to fail.
-pub const LONG_WAIT: Duration = Duration::from_secs(120);
 
 /// Collects every alert the pipeline raises.
 #[derive(Default, Clone)]
@@ -315,44 +251,6 @@ impl TestServer {
         }
         self.alerts.alerts()
     }
-}
-
-/// The events of a corpus or fixture file, as JSON values.
-pub fn events_of(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap();
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(v) => vec![v],
-        Err(_) => text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect(),
-    }
-}
-
-/// An EventList of `events`.
-pub fn event_list(events: &[serde_json::Value]) -> String {
-    serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": events})
-        .to_string()
-}
-
-/// A minimal valid audit event.
-pub fn event(audit_id: &str, verb: &str, resource: &str, namespace: &str) -> serde_json::Value {
-    serde_json::json!({
-        "kind": "Event",
-        "apiVersion": "audit.k8s.io/v1",
-        "level": "Metadata",
-        "auditID": audit_id,
-        "stage": "ResponseComplete",
-        "verb": verb,
-        "requestURI": format!("/api/v1/namespaces/{namespace}/{resource}"),
-        "user": {"username": "tester", "groups": ["system:authenticated"]},
-        "sourceIPs": ["10.0.0.1"],
-        "objectRef": {"resource": resource, "namespace": namespace, "apiVersion": "v1"},
-        "responseStatus": {"code": 200},
-        "requestReceivedTimestamp": "2026-11-27T10:00:00.000000Z",
-        "stageTimestamp": "2026-11-27T10:00:00.100000Z"
-    })
 }
 
 /// A copy of a component with a custom section appended: still valid, but

@@ -191,22 +191,9 @@ const MAPPING: &[Mapping] = &[
 /// (a floor against regressions; the goal is 205, 95%).
 const FLOOR_SELF_CONTAINED: usize = 174;
 
-/// `$PEREGRINE_PEER_SUITES/panther-k8s`, else `peer-suites/panther-k8s` next
-/// to the audit corpus (`$PEREGRINE_AUDIT_CORPUS`, else
-/// `../shared/audit-corpus`).
+/// The peer suite ([`peer_suite`]), which must be there.
 fn suite_dir() -> PathBuf {
-    let suites = std::env::var_os("PEREGRINE_PEER_SUITES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let corpus = std::env::var_os("PEREGRINE_AUDIT_CORPUS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root().join("../shared/audit-corpus"));
-            corpus
-                .parent()
-                .map(|p| p.join("peer-suites"))
-                .unwrap_or_else(|| PathBuf::from("peer-suites"))
-        });
-    let dir = suites.join("panther-k8s");
+    let dir = peer_suite();
     assert!(
         dir.join("cases.json").is_file(),
         "the peer suite is missing: no {}. It is not committed (see its README); \

@@ -16,8 +16,8 @@ use ring::hmac;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::support::{
-    Running, base_config, event, field, fixture, metric, request, rules_dir, start_with_env,
+use crate::support::{
+    Running, base_config, event, field, fixture_module, metric, rules_dir_in, start_with_env,
 };
 
 const KEY_ID: &str = "AKIDEXAMPLE";
@@ -293,8 +293,7 @@ fn serve(stand: Shared) -> String {
 }
 
 fn audit_line(id: &str, namespace: &str) -> String {
-    let mut e = event(id, "get", "pods");
-    e["objectRef"]["namespace"] = namespace.into();
+    let e = event(id, "get", "pods", namespace);
     e.to_string()
 }
 
@@ -328,7 +327,7 @@ fn config_with(
              [[sources]]\ntype = \"cloudwatch\"\ntenant = \"ops\"\ncluster = \"prod-eu\"\n\
              region = \"{REGION}\"\nendpoint = \"{endpoint}\"\nstart_at = \"beginning\"\n\
              poll_interval_ms = 50\npage_size = 100\n{source}",
-            base = base_config(work, rules),
+            base = base_config(rules, Some(work)),
             alerts = work.join("alerts.jsonl").display(),
             spool = work.join("spool").display(),
         ),
@@ -377,7 +376,7 @@ fn wait_for(srv: &Running, stand: &Shared, what: &str, pred: impl Fn() -> bool) 
 }
 
 fn counter(srv: &Running, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let m = request("GET", &srv.url("/metrics"), &[], None).body;
+    let m = srv.metrics();
     metric(&m, name, labels).unwrap_or(0.0)
 }
 
@@ -406,8 +405,12 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
     // The same audit event delivered twice (another log event id).
     push_event(&stand, BASE_MS + 5, "again", audit_line("cw03", "ns"));
     let endpoint = serve(stand.clone());
-    let rules = rules_dir(work.path(), &[fixture("fixture_echo.wasm")]);
-    let srv = start_with_env(&config(work.path(), &rules, &endpoint, ""), ENV);
+    let rules = rules_dir_in(work.path(), &[fixture_module("fixture_echo")]);
+    let srv = start_with_env(
+        &config(work.path(), &rules, &endpoint, ""),
+        &["--no-watch"],
+        ENV,
+    );
     let source = format!("cloudwatch:{GROUP}");
     wait_for(
         &srv,
@@ -507,6 +510,7 @@ fn the_cloudwatch_source_pages_through_throttling_expiry_and_a_poisoned_record()
     let wrong = "wrong-secret-wrong-secret-0000000000000000";
     let srv = start_with_env(
         &config(work.path(), &rules, &endpoint, ""),
+        &["--no-watch"],
         &[
             ("AWS_ACCESS_KEY_ID", KEY_ID),
             ("AWS_SECRET_ACCESS_KEY", wrong),
@@ -557,11 +561,11 @@ fn a_killed_process_loses_no_cloudwatch_event() {
     };
     add(0..1500, &mut want);
     let endpoint = serve(stand.clone());
-    let rules = rules_dir(
+    let rules = rules_dir_in(
         work.path(),
         &[
-            fixture("fixture_echo.wasm"),
-            fixture("fixture_spin_loop.wasm"),
+            fixture_module("fixture_echo"),
+            fixture_module("fixture_spin_loop"),
         ],
     );
     let with = |deadline_ms: u64| {
@@ -575,7 +579,7 @@ fn a_killed_process_loses_no_cloudwatch_event() {
             ),
         )
     };
-    let srv = start_with_env(&with(3_600_000), ENV);
+    let srv = start_with_env(&with(3_600_000), &["--no-watch"], ENV);
     let positions = work.path().join("sources");
     let saved = || -> Option<i64> {
         let e = std::fs::read_dir(&positions)
@@ -603,7 +607,7 @@ fn a_killed_process_loses_no_cloudwatch_event() {
     add(1500..1600, &mut want);
     open.send(true).unwrap();
 
-    let srv = start_with_env(&with(250), ENV);
+    let srv = start_with_env(&with(250), &["--no-watch"], ENV);
     wait_for(
         &srv,
         &stand,
@@ -636,7 +640,7 @@ fn web_identity_credentials_are_assumed_and_renewed_when_they_expire() {
     let endpoint = serve(stand.clone());
     let token_file = work.path().join("token");
     std::fs::write(&token_file, WEB_TOKEN).unwrap();
-    let rules = rules_dir(work.path(), &[fixture("fixture_echo.wasm")]);
+    let rules = rules_dir_in(work.path(), &[fixture_module("fixture_echo")]);
     let config = config_with(
         work.path(),
         &rules,
@@ -646,6 +650,7 @@ fn web_identity_credentials_are_assumed_and_renewed_when_they_expire() {
     );
     let srv = start_with_env(
         &config,
+        &["--no-watch"],
         &[
             ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.to_str().unwrap()),
             ("AWS_ROLE_ARN", ROLE_ARN),

@@ -14,22 +14,16 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use super::common::*;
+use crate::support::*;
 
 /// A generous bound on how long a test waits for the server to close a
 /// connection: reaching it means the deadline did not work.
 const CLOSE_WAIT: Duration = Duration::from_secs(120);
 
 fn server_with(work: &std::path::Path, server_keys: &str, rest: &str) -> Running {
-    let rules = work.join("rules");
-    std::fs::create_dir(&rules).unwrap();
-    std::fs::copy(
-        fixture("fixture_echo.wasm"),
-        rules.join("fixture_echo.wasm"),
-    )
-    .unwrap();
+    let rules = rules_dir_in(work, &[fixture_module("fixture_echo")]);
     let config = work.join("peregrine.toml");
-    let text = base_config(&rules).replace(
+    let text = base_config(&rules, None).replace(
         "[server.journal]",
         &format!("{server_keys}\n[server.journal]"),
     ) + rest;
@@ -87,18 +81,6 @@ fn read_answer(s: &mut TcpStream) -> (u16, String) {
 fn get(s: &mut TcpStream, path: &str) -> (u16, String) {
     write!(s, "GET {path} HTTP/1.1\r\nHost: peregrine\r\n\r\n").unwrap();
     read_answer(s)
-}
-
-/// The value of a metric line starting with `series`, 0 if absent.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn metrics_text(srv: &Running) -> String {
-    curl("GET", &srv.url("/metrics"), None, None).1
 }
 
 #[test]
@@ -160,24 +142,30 @@ fn idle_partial_header_and_partial_body_connections_are_closed_after_their_deadl
         assert!(types.contains(&7), "no GOAWAY among frames {types:?}");
     }
 
-    let m = metrics_text(&srv);
+    let m = srv.metrics();
     // The silent and the HTTP/2 ones were idle; the kept-alive one and the
     // unfinished head ran out of time for a head.
     assert!(
-        metric(&m, "peregrine_connections_closed_total{reason=\"idle\"}") >= 2.0,
+        metric_sum(
+            &m,
+            "peregrine_connections_closed_total",
+            &[("reason", "idle")]
+        ) >= 2.0,
         "{m}"
     );
     assert!(
-        metric(
+        metric_sum(
             &m,
-            "peregrine_connections_closed_total{reason=\"header_timeout\"}"
+            "peregrine_connections_closed_total",
+            &[("reason", "header_timeout")]
         ) >= 2.0,
         "{m}"
     );
     assert_eq!(
-        metric(
+        metric_sum(
             &m,
-            "peregrine_requests_rejected_total{reason=\"body_timeout\"}"
+            "peregrine_requests_rejected_total",
+            &[("reason", "body_timeout")]
         ),
         1.0,
         "{m}"
@@ -200,9 +188,10 @@ fn a_client_that_stops_reading_is_dropped_at_the_write_timeout() {
         let _ = writer.write_all(requests.as_bytes());
     });
     let deadline = Instant::now() + CLOSE_WAIT;
-    while metric(
-        &metrics_text(&srv),
-        "peregrine_connections_closed_total{reason=\"write_timeout\"}",
+    while metric_sum(
+        &srv.metrics(),
+        "peregrine_connections_closed_total",
+        &[("reason", "write_timeout")],
     ) < 1.0
     {
         assert!(
@@ -265,12 +254,12 @@ fn holding_more_connections_than_the_limit_keeps_healthz_answering() {
     assert_eq!(code, 200);
     read_until_closed(&mut s);
     assert_eq!(
-        metric(&m, "peregrine_connections_open{pool=\"general\"}"),
+        metric_sum(&m, "peregrine_connections_open", &[("pool", "general")]),
         6.0,
         "{m}"
     );
     assert!(
-        metric(&m, "peregrine_connections_evicted_total") >= 1.0,
+        metric_sum(&m, "peregrine_connections_evicted_total", &[]) >= 1.0,
         "{m}"
     );
     // The held connections were never disturbed.
@@ -313,7 +302,7 @@ fn without_a_reserve_a_connection_beyond_the_limit_is_closed_unread() {
     };
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");
     assert!(
-        metric(&m, "peregrine_connections_refused_total") >= 1.0,
+        metric_sum(&m, "peregrine_connections_refused_total", &[]) >= 1.0,
         "{m}"
     );
 }
@@ -335,39 +324,16 @@ fn a_declared_length_over_the_limit_gets_413_before_any_body() {
     read_until_closed(&mut s);
 }
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
-/// (status, body) of a POST of raw bytes with extra headers.
-fn post_bytes(url: &str, headers: &[&str], body: &[u8]) -> (u16, serde_json::Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("body");
-    std::fs::write(&file, body).unwrap();
-    let mut c = std::process::Command::new("curl");
-    c.args(["-sS", "-o"]).arg(dir.path().join("out")).args([
-        "-w",
-        "%{http_code}",
-        "-H",
-        "Content-Type: application/json",
-    ]);
-    for h in headers {
-        c.args(["-H", h]);
-    }
-    let out = c
-        .arg("--data-binary")
-        .arg(format!("@{}", file.display()))
-        .arg(url)
-        .output()
-        .unwrap();
-    let code = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    let text = std::fs::read_to_string(dir.path().join("out")).unwrap_or_default();
-    (
-        code,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
+/// (status, body) of a POST of raw bytes in a given encoding: the body as
+/// JSON, or as a string if it is not JSON.
+fn post_encoded(url: &str, encoding: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Encoding", encoding),
+    ];
+    let a = request("POST", url, &headers, Some(body));
+    let json = serde_json::from_str(&a.body).unwrap_or(serde_json::Value::String(a.body));
+    (a.status, json)
 }
 
 #[test]
@@ -381,27 +347,26 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
     let url = srv.url("/k8s-audit");
 
     // gzip is taken, on the webhook as on the push endpoints.
-    let list = event_list(&[event("gz-1", "a"), event("gz-2", "a")]);
-    let (code, body) = post_bytes(&url, &["Content-Encoding: gzip"], &gzip(list.as_bytes()));
+    let list = event_list(&[
+        event("gz-1", "get", "pods", "a"),
+        event("gz-2", "get", "pods", "a"),
+    ]);
+    let (code, body) = post_encoded(&url, "gzip", &gzip(list.as_bytes()));
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["accepted"], 2);
     // A gzip bomb: 64 KiB that inflates past the 1 MiB body limit.
     let bomb = gzip(&vec![b' '; 64 << 20]);
     assert!(bomb.len() < 1 << 20);
-    let (code, body) = post_bytes(&url, &["Content-Encoding: gzip"], &bomb);
+    let (code, body) = post_encoded(&url, "gzip", &bomb);
     assert_eq!(code, 413, "{body}");
     assert!(
         body["error"].as_str().unwrap().contains("expands past"),
         "{body}"
     );
-    let (code, body) = post_bytes(
-        &srv.url("/ingest/pubsub"),
-        &["Content-Encoding: gzip"],
-        &bomb,
-    );
+    let (code, body) = post_encoded(&srv.url("/ingest/pubsub"), "gzip", &bomb);
     assert_eq!(code, 413, "{body}");
     // Any other encoding: 415, saying what is supported.
-    let (code, body) = post_bytes(&url, &["Content-Encoding: br"], list.as_bytes());
+    let (code, body) = post_encoded(&url, "br", list.as_bytes());
     assert_eq!(code, 415, "{body}");
     let error = body["error"].as_str().unwrap();
     assert!(
@@ -413,7 +378,7 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
     let mut items: Vec<serde_json::Value> = (0..250)
         .map(|_| serde_json::json!({"kind": "Event", "auditID": 7}))
         .collect();
-    items.push(event("good-1", "a"));
+    items.push(event("good-1", "get", "pods", "a"));
     let (code, body) = post(&url, None, &event_list(&items));
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["accepted"], 1);
@@ -423,25 +388,36 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
 
     // More events than the tenant's quota holds: refused with 429, counted
     // apart, not as received.
-    let many: Vec<_> = (0..50).map(|i| event(&format!("rate-{i}"), "a")).collect();
+    let many: Vec<_> = (0..50)
+        .map(|i| event(&format!("rate-{i}"), "get", "pods", "a"))
+        .collect();
     let (code, body) = post(&url, None, &event_list(&many));
     assert_eq!(code, 429, "{body}");
-    let m = metrics_text(&srv);
+    let m = srv.metrics();
     assert_eq!(
-        metric(&m, "peregrine_events_refused_total{reason=\"tenant_rate\"}"),
+        metric_sum(
+            &m,
+            "peregrine_events_refused_total",
+            &[("reason", "tenant_rate")]
+        ),
         50.0,
         "{m}"
     );
     assert_eq!(
-        metric(&m, "peregrine_events_received_total{tenant=\"default\"}"),
+        metric_sum(
+            &m,
+            "peregrine_events_received_total",
+            &[("tenant", "default")]
+        ),
         3.0,
         "{m}"
     );
     for reason in ["too_large", "content_encoding"] {
         assert!(
-            metric(
+            metric_sum(
                 &m,
-                &format!("peregrine_requests_rejected_total{{reason=\"{reason}\"}}")
+                "peregrine_requests_rejected_total",
+                &[("reason", reason)]
             ) >= 1.0,
             "{reason}: {m}"
         );
@@ -450,7 +426,7 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
     // Events over the per-event limit: logged, one line a second at most,
     // the next line saying how many were left out.
     let big = |id: &str| {
-        let mut e = event(id, "a");
+        let mut e = event(id, "get", "pods", "a");
         e["userAgent"] = serde_json::json!("x".repeat(3000));
         e
     };
@@ -470,7 +446,7 @@ fn gzip_bodies_encodings_capped_rejections_refused_events_and_oversize_logs() {
     // The log arrives through a pipe: wait for it.
     let deadline = Instant::now() + CLOSE_WAIT;
     while lines(&srv).is_empty() {
-        assert!(Instant::now() < deadline, "no log line:\n{}", srv.log());
+        assert!(Instant::now() < deadline, "no log line:\n{}", srv.logs());
         std::thread::sleep(Duration::from_millis(20));
     }
     let first = lines(&srv);

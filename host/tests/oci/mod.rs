@@ -14,19 +14,8 @@ use registry::{Options, Registry};
 use serde_json::Value;
 use sha2::Digest as _;
 
-use super::{peregrine, root, stderr};
-
-fn fixture(name: &str) -> PathBuf {
-    let p = root()
-        .join("tests/build/fixture-rules")
-        .join(format!("{name}.wasm"));
-    assert!(
-        p.is_file(),
-        "{} is missing: run scripts/build-rules.sh",
-        p.display()
-    );
-    p
-}
+use crate::cli::stderr;
+use crate::support::{fixture_module, peregrine, root};
 
 fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
@@ -138,7 +127,7 @@ fn rule_help_names_every_option() {
 fn push_then_pull_round_trips_bytes_and_annotations_over_plain_http() {
     let reg = Registry::start(Options::default());
     let home = tempfile::tempdir().unwrap();
-    let echo = fixture("fixture_echo");
+    let echo = fixture_module("fixture_echo");
     let bytes = std::fs::read(&echo).unwrap();
     let reference = format!("{}/rules/echo:1.0", reg.addr());
 
@@ -200,7 +189,11 @@ fn push_then_pull_round_trips_bytes_and_annotations_over_plain_http() {
     // A directory becomes one artifact with a layer per module.
     let pack = tempfile::tempdir().unwrap();
     for name in ["fixture_echo", "fixture_trap"] {
-        std::fs::copy(fixture(name), pack.path().join(format!("{name}.wasm"))).unwrap();
+        std::fs::copy(
+            fixture_module(name),
+            pack.path().join(format!("{name}.wasm")),
+        )
+        .unwrap();
     }
     let pack_ref = format!("{}/rules/pack:2", reg.addr());
     ok(cli(
@@ -222,7 +215,7 @@ fn push_then_pull_round_trips_bytes_and_annotations_over_plain_http() {
     for name in ["fixture_echo", "fixture_trap"] {
         assert_eq!(
             std::fs::read(out_dir.path().join(format!("{name}.wasm"))).unwrap(),
-            std::fs::read(fixture(name)).unwrap()
+            std::fs::read(fixture_module(name)).unwrap()
         );
     }
 
@@ -252,7 +245,7 @@ fn push_then_pull_round_trips_bytes_and_annotations_over_plain_http() {
         err.contains("not pushing") && err.contains("garbage.wasm"),
         "{err}"
     );
-    let bad = fixture("fixture_bad_metadata");
+    let bad = fixture_module("fixture_bad_metadata");
     let err = failed(cli(
         home.path(),
         &["rule", "push", bad.to_str().unwrap(), &reference],
@@ -366,7 +359,7 @@ fn basic_auth_takes_credentials_from_a_docker_config_file() {
     let home = tempfile::tempdir().unwrap();
     let good = docker_config(home.path(), &reg.addr(), "alice", "s3cret-pass");
     let wrong = docker_config(home.path(), &reg.addr(), "alice", "wrong");
-    let echo = fixture("fixture_echo");
+    let echo = fixture_module("fixture_echo");
     let reference = format!("{}/team/echo:1", reg.addr());
 
     let out = ok(cli(
@@ -482,7 +475,7 @@ fn tls_registry_is_trusted_through_the_ca_file() {
         tls: Some((crt, key)),
         ..Default::default()
     });
-    let echo = fixture("fixture_echo");
+    let echo = fixture_module("fixture_echo");
     let reference = format!("{}/rules/echo:tls", reg.addr());
     let ca = ca.to_str().unwrap();
     ok(cli(
@@ -635,7 +628,7 @@ fn serve_follows_a_tag_and_keeps_the_live_version_when_pulls_fail() {
     let v2 = home.path().join("v2");
     for (dir, name) in [(&v1, "fixture_echo"), (&v2, "fixture_trap")] {
         std::fs::create_dir_all(dir).unwrap();
-        std::fs::copy(fixture(name), dir.join("rule.wasm")).unwrap();
+        std::fs::copy(fixture_module(name), dir.join("rule.wasm")).unwrap();
     }
     let v1_bytes = std::fs::read(v1.join("rule.wasm")).unwrap();
     let v2_bytes = std::fs::read(v2.join("rule.wasm")).unwrap();

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// A registry may stop and come back on its port: one no other test's
+// `bind(0)` takes while it is down.
+use crate::support::reserve_port;
+
 pub const BINARY: &str = "/usr/bin/docker-registry";
 
 #[derive(Default)]
@@ -21,25 +25,6 @@ pub struct Registry {
     pub port: u16,
     pub root: tempfile::TempDir,
     config: PathBuf,
-}
-
-/// A port for a registry that may stop and come back on it: below the
-/// kernel's ephemeral range, so no other test's `bind(0)` takes it while it
-/// is down (the same scheme as the output tests' receivers).
-fn reserve_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 14_000;
-    const SPAN: u32 = 5_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919) % SPAN;
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (LOW + (start + n) % SPAN) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
 impl Registry {

@@ -37,33 +37,6 @@ pub fn config(toml: &str, spool: &Path) -> PeregrineConfig {
     c
 }
 
-/// A port for a receiver that is down at first and comes up later on the
-/// address the configuration names.
-///
-/// It is taken below the kernel's ephemeral range (32768-60999 on Linux):
-/// a port from that range, freed while the receiver is down, can be handed
-/// to any other test's `bind(0)` or outgoing connection in the meantime.
-/// Below it only an explicit bind takes a port, and each call here moves on
-/// to the next candidate (offset by the process id, so test binaries run
-/// one after another start in different places).
-pub fn reserve_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let start = std::process::id().wrapping_mul(7919) % SPAN;
-    for _ in 0..SPAN {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (LOW + (start + n) % SPAN) as u16;
-        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
-        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
-        if tcp.is_ok() && udp.is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {LOW} and {}", LOW + SPAN)
-}
-
 /// A server with the router and outputs its configuration describes, built
 /// as `serve` builds it.
 pub struct RoutedServer {
@@ -171,24 +144,6 @@ impl RoutedServer {
             s.shutdown().await.unwrap();
         }
     }
-}
-
-/// The value of a sample in Prometheus text format: the line of `name`
-/// carrying every one of `labels`.
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// One request a receiver got.
