@@ -96,17 +96,13 @@ impl Peregrine {
         // Before the outputs start, so the gauges they set at start (what
         // each spool holds) are recorded.
         crate::prometheus::install();
-        let mut dirs = rules_dirs(&config, &options.rules)?;
+        // Includes the cache directory of every OCI source.
+        let dirs = rules_dirs(&config, &options.rules)?;
         // The first pull of every OCI source, so its modules load with the
         // others; a registry that is down leaves the cached version.
         let sources = Arc::new(Sources::from_config(&config)?);
         sources.sync_all().await;
         let pulled: Vec<PathBuf> = sources.dirs().into_iter().map(|d| d.path).collect();
-        for d in sources.dirs() {
-            if !dirs.iter().any(|x| x.path == d.path) {
-                dirs.push(d);
-            }
-        }
         let store = open_store(&config)?;
         // Opened before the modules load, so a second process on the same
         // journal stops here, before it does any work.
@@ -373,15 +369,13 @@ impl Peregrine {
         events: Vec<AuditEvent>,
     ) -> anyhow::Result<Vec<Alert>> {
         let mut out = Vec::new();
+        let mut keep = |done: Done| {
+            out = done.alerts;
+            Ok(())
+        };
         let mut order = self.in_order(tenant);
-        order.submit(cluster.into(), events, &mut |done| {
-            out = done.alerts;
-            Ok(())
-        })?;
-        order.finish(&mut |done| {
-            out = done.alerts;
-            Ok(())
-        })?;
+        order.submit(cluster.into(), events, &mut keep)?;
+        order.finish(&mut keep)?;
         Ok(out)
     }
 

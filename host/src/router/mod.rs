@@ -475,41 +475,19 @@ mod tests {
         assert_eq!(r.summaries[0].field("ka.user.name"), Some("alice"));
     }
 
+    /// What validation says of a configuration that parses.
+    fn problem(toml: &str) -> String {
+        let c = PeregrineConfig::parse(toml).unwrap();
+        validate(&c.routing, &c.routes, &c.outputs).unwrap_err()
+    }
+
     #[test]
     fn validation_names_the_problem() {
-        let c = PeregrineConfig::parse("[[routes]]\noutputs = [\"nope\"]\n").unwrap();
-        assert!(
-            validate(&c.routing, &c.routes, &c.outputs)
-                .unwrap_err()
-                .contains("nope")
-        );
-        let c = PeregrineConfig::parse("[routing]\ndefault_outputs = [\"x\"]\n").unwrap();
-        assert!(
-            validate(&c.routing, &c.routes, &c.outputs)
-                .unwrap_err()
-                .contains("`x`")
-        );
-        let c = PeregrineConfig::parse("[outputs.\"a b\"]\ntype = \"stdout\"\n").unwrap();
-        assert!(
-            validate(&c.routing, &c.routes, &c.outputs)
-                .unwrap_err()
-                .contains("a b")
-        );
-        let c = PeregrineConfig::parse("[[routes]]\noutputs = []\n").unwrap();
-        assert!(
-            validate(&c.routing, &c.routes, &c.outputs)
-                .unwrap_err()
-                .contains("no outputs")
-        );
-        let c = PeregrineConfig::parse(
-            "[outputs.hook]\ntype = \"webhook\"\nurl = \"ftp://x\"\n[[routes]]\noutputs = [\"hook\"]\n",
-        )
-        .unwrap();
-        assert!(
-            validate(&c.routing, &c.routes, &c.outputs)
-                .unwrap_err()
-                .contains("output `hook` (webhook)")
-        );
+        assert!(problem("[[routes]]\noutputs = [\"nope\"]\n").contains("nope"));
+        assert!(problem("[routing]\ndefault_outputs = [\"x\"]\n").contains("`x`"));
+        assert!(problem("[outputs.\"a b\"]\ntype = \"stdout\"\n").contains("a b"));
+        assert!(problem("[[routes]]\noutputs = []\n").contains("no outputs"));
+        assert!(problem("[outputs.hook]\ntype = \"webhook\"\nurl = \"ftp://x\"\n[[routes]]\noutputs = [\"hook\"]\n").contains("output `hook` (webhook)"));
         assert!(PeregrineConfig::parse("[outputs.x]\ntype = \"carrier-pigeon\"\n").is_err());
         assert!(
             PeregrineConfig::parse(

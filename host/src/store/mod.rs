@@ -264,16 +264,8 @@ impl AlertStore {
             "SELECT CAST(priority AS TEXT), count(*) FROM alerts WHERE ?1 IS NULL OR tenant = ?1 \
              GROUP BY priority ORDER BY priority",
         )?;
-        let names = [
-            Priority::Emergency,
-            Priority::Alert,
-            Priority::Critical,
-            Priority::Error,
-            Priority::Warning,
-            Priority::Notice,
-            Priority::Informational,
-            Priority::Debug,
-        ];
+        // Stored as the index in severity order, most severe first.
+        let names = Priority::ALL;
         let by_priority = by_priority
             .into_iter()
             .filter_map(|(p, n)| {
